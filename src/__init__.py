@@ -1,0 +1,1 @@
+"""TinyStories small-LM toolkit: model, data, training, generation, evaluation, server."""

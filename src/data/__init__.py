@@ -1,0 +1,1 @@
+"""Tokenizer, text sources, tokenized cache and training batches."""

@@ -1,0 +1,153 @@
+"""WikiMiniModel: a Llama-2-style decoder (pre-norm RMSNorm, RoPE, SwiGLU, no biases).
+
+Read top to bottom: RMSNorm, FeedForward, TransformerBlock, then the model. Attention lives in
+attention.py, rotary tables in rope.py.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.model.attention import Attention
+from src.model.config import ModelConfig
+from src.model.kv_cache import KVCache
+from src.model.rope import rope_cos_sin
+
+IGNORE_INDEX = -100  # targets with this value add nothing to the loss
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 whatever the activation dtype (as HF Llama)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return self.weight * normed.type_as(x)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), with gate and up fused into one matmul."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.hidden = config.ffn_dim
+        self.gate_up_proj = nn.Linear(config.d_model, 2 * self.hidden, bias=False)
+        self.down_proj = nn.Linear(self.hidden, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: ModelConfig, layer_index: int) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attention = Attention(config, layer_index)
+        self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.feed_forward = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cos, sin, kv_cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, kv_cache))
+        return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
+
+
+class WikiMiniModel(nn.Module):
+    """Decoder-only language model.
+
+    `model(input_ids)` returns logits (B, T, V). `model(input_ids, targets)` returns
+    `(logits, loss)`, where `targets[b, t]` is the token that follows `input_ids[b, t]`: the
+    data pipeline makes that shift once, and the model never shifts again.
+    """
+
+    def __init__(self, config: ModelConfig | dict[str, Any]) -> None:
+        super().__init__()
+        config = ModelConfig.from_dict(config)
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.output = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        cos, sin = rope_cos_sin(config.head_dim, config.max_seq_len, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # Residual projections scaled by 1/sqrt(2 * n_layers) (GPT-2) so the residual stream's
+        # variance does not grow with depth.
+        residual_std = 0.02 / math.sqrt(2 * config.n_layers)
+        for name, param in self.named_parameters():
+            if name.endswith(("out_proj.weight", "down_proj.weight")):
+                nn.init.normal_(param, mean=0.0, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        """Unique parameters (a tied embedding counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def new_kv_cache(
+        self, batch_size: int = 1, capacity: int | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        weight = self.tok_embeddings.weight
+        return KVCache(
+            n_layers=self.config.n_layers,
+            batch_size=batch_size,
+            n_kv_heads=self.config.kv_heads,
+            head_dim=self.config.head_dim,
+            capacity=capacity or self.config.max_seq_len,
+            device=weight.device,
+            dtype=dtype or weight.dtype,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        last_logits_only: bool = False,
+    ):
+        """Logits for `input_ids` (B, T); with `kv_cache`, the tokens continue the cached ones.
+
+        `last_logits_only` computes the vocabulary projection for the final position alone,
+        which is all that sampling needs.
+        """
+        _, seq_len = input_ids.shape
+        start = kv_cache.length if kv_cache is not None else 0
+        end = start + seq_len
+        if end > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {end} tokens exceeds the model's context of {self.config.max_seq_len}"
+            )
+        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
+        x = self.dropout(self.tok_embeddings(input_ids))
+        for layer in self.layers:
+            x = layer(x, cos, sin, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(seq_len)
+        x = self.norm(x)
+        if last_logits_only:
+            x = x[:, -1:, :]
+        logits = self.output(x)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
+        )
+        return logits, loss
