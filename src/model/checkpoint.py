@@ -1,0 +1,264 @@
+"""The one checkpoint format: save atomically, load safely, pair weights with their tokenizer.
+
+A checkpoint is a `.pth` dict that `torch.load(path, weights_only=True)` reads:
+
+    format_version      int
+    config              {"model": {...ModelConfig...}, ...any other training sections}
+    model_state_dict    tensors, without torch.compile's `_orig_mod.` or DDP's `module.` prefix
+    tokenizer_json      the tokenizer's own tokenizer.json text, so weights never meet the
+                        wrong tokenizer
+    tokenizer_sha256    hash of that text
+    eos_token           the token that ends a story (generation stops there)
+    metrics             optional {"step": ..., "val_loss": ..., "val_ppl": ...}
+    training_state      optional optimizer / scheduler / data / RNG state for exact resume
+
+Nothing here ever unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from tokenizers import Tokenizer
+
+from src.config_utils import ConfigError
+from src.data.tokenizer import (
+    EOS_TOKEN,
+    TokenizerError,
+    load_tokenizer,
+    tokenizer_from_json,
+    tokenizer_sha256,
+)
+from src.model.config import ModelConfig
+from src.model.transformer_block import WikiMiniModel
+
+FORMAT_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
+DEMO_CHECKPOINT = CHECKPOINT_DIR / "demo" / "tinystories_demo.pth"
+BEST_CHECKPOINT_PATTERN = re.compile(r"checkpoint_best_ppl_(\d+(?:\.\d+)?)\.pth$")
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unsafe, malformed or does not match its tokenizer."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with the tokenizer it was trained with."""
+
+    model: WikiMiniModel
+    tokenizer: Tokenizer
+    config: ModelConfig
+    path: Path
+    eos_id: int | None
+    metrics: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop wrapper prefixes added by torch.compile (`_orig_mod.`) and DDP (`module.`)."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        cleaned[key] = value
+    return cleaned
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over the target.
+
+    A crash or Ctrl-C mid-write leaves the previous file intact, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    config: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    training_state: Mapping[str, Any] | None = None,
+    weights_dtype: torch.dtype | None = None,
+    eos_token: str = EOS_TOKEN,
+) -> Path:
+    """Save model weights, config and tokenizer (plus optional training state) atomically.
+
+    `config` holds the full run config (plain dicts); its `model` section is always taken from
+    the model itself so the two cannot disagree. `weights_dtype` (e.g. torch.bfloat16) shrinks
+    a checkpoint meant for distribution.
+    """
+    inner = getattr(model, "_orig_mod", model)
+    inner = getattr(inner, "module", inner)
+    state = clean_state_dict(inner.state_dict())
+    if weights_dtype is not None:
+        state = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in state.items()}
+    state = {k: v.detach().cpu() for k, v in state.items()}
+    full_config = {k: v for k, v in dict(config or {}).items() if k != "model"}
+    full_config = {"model": inner.config.to_dict(), **full_config}
+    checkpoint = {
+        "format_version": FORMAT_VERSION,
+        "config": full_config,
+        "model_state_dict": state,
+        "tokenizer_json": tokenizer.to_str(),
+        "tokenizer_sha256": tokenizer_sha256(tokenizer),
+        "eos_token": eos_token,
+        "metrics": dict(metrics or {}),
+    }
+    if training_state is not None:
+        checkpoint["training_state"] = dict(training_state)
+    atomic_torch_save(checkpoint, path)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint dict with `weights_only=True`; raise CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path is a directory, expected a .pth file: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"refusing to load {path}: it contains arbitrary Python objects, and checkpoints "
+                "are only ever loaded with weights_only=True"
+            ) from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({exc})") from None
+    except Exception as exc:  # zip/pickle format errors, truncated files
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} is not a WikiMiniModel checkpoint (top level is {type(checkpoint).__name__})")
+    missing = [k for k in ("config", "model_state_dict") if k not in checkpoint]
+    if missing or not isinstance(checkpoint.get("config"), dict) or "model" not in checkpoint["config"]:
+        raise CheckpointError(
+            f"{path} is not a WikiMiniModel checkpoint: expected keys 'config' (with a 'model' "
+            f"section) and 'model_state_dict'; missing {missing or ['config.model']}"
+        )
+    version = checkpoint.get("format_version", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version}; this code reads up to {FORMAT_VERSION}"
+        )
+    checkpoint["model_state_dict"] = clean_state_dict(checkpoint["model_state_dict"])
+    return checkpoint
+
+
+def checkpoint_tokenizer(checkpoint: Mapping[str, Any], override: str | Path | None = None) -> Tokenizer:
+    """The checkpoint's own tokenizer, or `override` (a tokenizer dir/file) when given."""
+    try:
+        if override is not None:
+            return load_tokenizer(override)
+        if "tokenizer_json" not in checkpoint:
+            raise CheckpointError(
+                "checkpoint carries no tokenizer; pass a tokenizer path (TOKENIZER_PATH / --tokenizer)"
+            )
+        return tokenizer_from_json(checkpoint["tokenizer_json"])
+    except TokenizerError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def load_model(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    tokenizer_path: str | Path | None = None,
+) -> LoadedModel:
+    """Load a checkpoint into an eval-mode model on `device`, with its tokenizer.
+
+    This is the loader the CLI, the evaluators and the server all use.
+    """
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    try:
+        config = ModelConfig.from_dict(checkpoint["config"]["model"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: invalid model config: {exc}") from None
+    tokenizer = checkpoint_tokenizer(checkpoint, tokenizer_path)
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise CheckpointError(
+            f"tokenizer/model mismatch: the tokenizer has {tokenizer.get_vocab_size()} tokens but "
+            f"the model's vocab_size is {config.vocab_size}"
+        )
+    model = WikiMiniModel(config)
+    try:
+        model.load_state_dict(checkpoint["model_state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the model config: {exc}") from None
+    model.to(device=device, dtype=dtype or torch.float32).eval()
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        path=path,
+        eos_id=tokenizer.token_to_id(checkpoint.get("eos_token", EOS_TOKEN)),
+        metrics=dict(checkpoint.get("metrics") or {}),
+    )
+
+
+def find_best_checkpoint(directory: str | Path) -> Path | None:
+    """The `checkpoint_best_ppl_*.pth` with the lowest perplexity in `directory`, if any."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    scored = []
+    for candidate in directory.glob("checkpoint_best_ppl_*.pth"):
+        match = BEST_CHECKPOINT_PATTERN.search(candidate.name)
+        if match:
+            scored.append((float(match.group(1)), candidate.name, candidate))
+    return min(scored)[2] if scored else None
+
+
+def resolve_checkpoint_path(
+    explicit: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    search_dir: str | Path = CHECKPOINT_DIR,
+    demo: str | Path = DEMO_CHECKPOINT,
+) -> Path:
+    """Which checkpoint to use: the flag, else $CHECKPOINT_PATH, else the lowest-ppl
+    `checkpoint_best_ppl_*.pth` in `search_dir`, else the bundled demo model."""
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get("CHECKPOINT_PATH"):
+        return Path(env["CHECKPOINT_PATH"])
+    best = find_best_checkpoint(search_dir)
+    if best is not None:
+        return best
+    if Path(demo).exists():
+        return Path(demo)
+    raise CheckpointError(
+        f"no checkpoint found: pass --checkpoint PATH, set CHECKPOINT_PATH, or train one with "
+        f"`python train.py --config config/<name>.yaml` (best checkpoints are looked for in "
+        f"{search_dir}/checkpoint_best_ppl_*.pth; the bundled demo model would be {demo})"
+    )

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny tokenizer, tiny models and checkpoints, built in seconds, no network."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from src.data.tokenizer import train_bpe_tokenizer  # noqa: E402
+from src.model.checkpoint import save_checkpoint  # noqa: E402
+from src.model.transformer_block import WikiMiniModel  # noqa: E402
+
+TINY_STORIES = [
+    "Once upon a time there was a little cat named Tom. Tom liked to play in the sun.",
+    "One day, a little girl named Lily found a red ball in the garden. She was very happy.",
+    "The happy dog ran to the park. He saw a big tree and a small bird.",
+    "In the garden, a small bird sang a song. The sun was warm and the sky was blue.",
+    "A big dog wanted to play with the ball. \"Can I play too?\" asked the dog.",
+    "Mia and Ben went to the beach. They built a sand castle and ate ice cream.",
+]
+
+
+def tiny_model_config(**overrides) -> dict:
+    config = dict(vocab_size=384, d_model=32, n_layers=2, n_heads=4, d_ffn=64, max_seq_len=64)
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_bpe_tokenizer(TINY_STORIES * 20, vocab_size=384, min_frequency=1)
+
+
+@pytest.fixture()
+def tiny_model():
+    torch.manual_seed(0)
+    return WikiMiniModel(tiny_model_config()).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tokenizer) -> Path:
+    torch.manual_seed(0)
+    model = WikiMiniModel(tiny_model_config())
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    save_checkpoint(path, model, tokenizer, metrics={"val_ppl": 123.0})
+    return path

@@ -1,0 +1,143 @@
+"""Sampling semantics, checked against transformers' logits processors, and the engine loop."""
+
+import pytest
+import torch
+
+from src.generation import PRESETS, Generator, SamplingParams
+from src.generation.sampling import apply_repetition_penalty, apply_top_k, apply_top_p, process_logits
+from src.model import WikiMiniModel
+from tests.conftest import tiny_model_config
+
+logits_process = pytest.importorskip("transformers.generation.logits_process")
+
+
+def test_repetition_penalty_matches_hf_and_always_discourages_repeats():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50) * 3
+    context = torch.randint(0, 50, (3, 12))
+    ours = apply_repetition_penalty(logits, context, 1.3)
+    theirs = logits_process.RepetitionPenaltyLogitsProcessor(1.3)(context, logits.clone())
+    torch.testing.assert_close(ours, theirs)
+    for row in range(3):
+        for token in context[row].unique():
+            assert ours[row, token] < logits[row, token]  # both signs are pushed down
+        untouched = torch.ones(50, dtype=torch.bool)
+        untouched[context[row]] = False
+        torch.testing.assert_close(ours[row, untouched], logits[row, untouched])
+
+
+@pytest.mark.parametrize("top_k", [1, 5, 49])
+def test_top_k_matches_hf(top_k):
+    logits = torch.randn(4, 50)
+    theirs = logits_process.TopKLogitsWarper(top_k)(None, logits.clone())
+    torch.testing.assert_close(apply_top_k(logits, top_k), theirs)
+    assert (apply_top_k(logits, top_k) > float("-inf")).sum(-1).tolist() == [top_k] * 4
+
+
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.95])
+def test_top_p_matches_hf(top_p):
+    torch.manual_seed(1)
+    logits = torch.randn(4, 200) * 2
+    theirs = logits_process.TopPLogitsWarper(top_p)(None, logits.clone())
+    ours = apply_top_p(logits, top_p)
+    assert torch.equal(ours == float("-inf"), theirs == float("-inf"))
+
+
+def test_process_logits_matches_hf_pipeline_order():
+    torch.manual_seed(2)
+    logits = torch.randn(2, 100) * 2
+    context = torch.randint(0, 100, (2, 10))
+    params = SamplingParams(temperature=0.7, top_k=40, top_p=0.9, repetition_penalty=1.3)
+    hf = logits_process.LogitsProcessorList([
+        logits_process.RepetitionPenaltyLogitsProcessor(1.3),
+        logits_process.TemperatureLogitsWarper(0.7),
+        logits_process.TopKLogitsWarper(40),
+        logits_process.TopPLogitsWarper(0.9),
+    ])
+    theirs = hf(context, logits.clone())
+    ours = process_logits(logits, context, params)
+    assert torch.equal(ours == float("-inf"), theirs == float("-inf"))
+    finite = ours > float("-inf")
+    torch.testing.assert_close(ours[finite], theirs[finite])
+
+
+def test_presets_are_the_seed_values():
+    expected = {"balanced": (0.8, 50, 0.95, 1.2), "conservative": (0.7, 40, 0.9, 1.3), "creative": (0.9, 60, 0.95, 1.1)}
+    for name, (t, k, p, rp) in expected.items():
+        preset = PRESETS[name]
+        assert (preset.temperature, preset.top_k, preset.top_p, preset.repetition_penalty) == (t, k, p, rp)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"temperature": -0.1}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_k": -1}, {"repetition_penalty": 0}, {"max_new_tokens": 0}]
+)
+def test_invalid_sampling_params_are_rejected(bad):
+    with pytest.raises(ValueError):
+        SamplingParams(**bad)
+
+
+@pytest.fixture()
+def generator(tokenizer):
+    torch.manual_seed(0)
+    return Generator(WikiMiniModel(tiny_model_config(max_seq_len=32)).eval(), tokenizer)
+
+
+def test_same_seed_same_story_different_seed_different_story(generator):
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=30, seed=7, stop_at_eos=False)
+    first = generator.generate("Once upon a time", params)
+    again = generator.generate("Once upon a time", params)
+    other = generator.generate("Once upon a time", params.replace(seed=8))
+    assert first.token_ids == again.token_ids
+    assert first.token_ids != other.token_ids
+    assert first.seed == 7
+
+
+def test_greedy_is_argmax_of_full_recompute(generator):
+    """Temperature 0 follows the argmax of an uncached forward over the whole context."""
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=12, stop_at_eos=False)
+    result = generator.generate("The happy cat found", params)
+    context = generator.story_prefix + generator.encode_prompt("The happy cat found")
+    with torch.no_grad():
+        for token in result.token_ids:
+            expected = int(generator.model(torch.tensor([context]))[0, -1].argmax())
+            assert token == expected
+            context.append(token)
+
+
+def test_context_slides_past_max_seq_len_instead_of_crashing(generator):
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=100, seed=0, stop_at_eos=False)
+    result = generator.generate("Once upon a time there was a cat", params)
+    assert result.finish_reason == "length"
+    assert len(result.token_ids) == 100  # 100 > the context of 32
+
+
+def test_stops_at_eos_and_excludes_it(tokenizer):
+    torch.manual_seed(0)
+    model = WikiMiniModel(tiny_model_config(tie_embeddings=False)).eval()
+    generator = Generator(model, tokenizer)
+    eos = generator.eos_id
+
+    class EosHead(torch.nn.Module):  # every position predicts EOS
+        def forward(self, hidden):
+            logits = torch.zeros(*hidden.shape[:-1], 384)
+            logits[..., eos] = 10.0
+            return logits
+
+    model.output = EosHead()
+    prompt_ids = generator.story_prefix + generator.encode_prompt("Once")
+    assert int(model(torch.tensor([prompt_ids]))[0, -1].argmax()) == eos  # precondition
+
+    result = generator.generate("Once", SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=50))
+    assert result.finish_reason == "eos"
+    assert result.token_ids == [] and result.text == "" and result.tokens == 1
+    longer = generator.generate(
+        "Once", SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=5, stop_at_eos=False)
+    )
+    assert longer.finish_reason == "length" and len(longer.token_ids) == 5
+
+
+def test_repetition_penalty_reduces_repeats(generator):
+    base = SamplingParams(temperature=0.0, max_new_tokens=60, stop_at_eos=False, top_k=0, top_p=1.0)
+    plain = generator.generate("the the the", base.replace(repetition_penalty=1.0))
+    penalised = generator.generate("the the the", base.replace(repetition_penalty=3.0))
+    assert len(set(penalised.token_ids)) > len(set(plain.token_ids))
