@@ -50,3 +50,16 @@ def tiny_checkpoint(tmp_path_factory, tokenizer) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
     save_checkpoint(path, model, tokenizer, metrics={"val_ppl": 123.0})
     return path
+
+
+def parse_sse(lines) -> list:
+    """The `data:` payloads of a server-sent-event stream, JSON-decoded except `[DONE]`."""
+    import json
+
+    events = []
+    for line in lines:
+        line = line.decode() if isinstance(line, bytes) else line
+        if line.startswith("data:"):
+            payload = line[5:].strip()
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events

@@ -1,0 +1,1 @@
+"""FastAPI web UI and streaming API over the generation engine."""

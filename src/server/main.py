@@ -1,0 +1,33 @@
+"""`run_ui.py`: load the model once, then serve it with uvicorn."""
+
+from __future__ import annotations
+
+import sys
+
+from src.device import inference_dtype, resolve_device
+from src.model.checkpoint import CheckpointError, load_model, resolve_checkpoint_path
+from src.server.settings import ServerSettings, parse_settings
+
+
+def build_app(settings: ServerSettings):
+    from src.server.app import create_app
+
+    device = resolve_device(settings.device)
+    path = resolve_checkpoint_path(settings.checkpoint)
+    loaded = load_model(path, device=device, dtype=inference_dtype(device), tokenizer_path=settings.tokenizer)
+    return create_app(loaded, settings), loaded
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    try:
+        app, loaded = build_app(settings)
+    except (CheckpointError, ValueError) as exc:
+        print(f"run_ui.py: error: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    print(f"Serving {loaded.name} ({loaded.model.num_parameters():,} params) on "
+          f"http://{settings.host}:{settings.port}  (API docs: /docs)", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    return 0

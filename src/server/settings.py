@@ -1,0 +1,69 @@
+"""Server settings: flags override environment variables, which override defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from src.device import DEVICE_CHOICES
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    checkpoint: str | None = None  # None: the usual resolution (env, best checkpoint, demo)
+    tokenizer: str | None = None  # override the checkpoint's own tokenizer
+    device: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 7779
+    max_concurrent: int = 4  # generations running at once
+    max_queue: int = 32  # requests allowed to wait for a slot; beyond that, 503
+    max_tokens_limit: int = 1000
+
+
+def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> ServerSettings:
+    env = dict(os.environ if env is None else env)
+    parser = argparse.ArgumentParser(
+        prog="run_ui.py",
+        description="Serve the story generator: web UI at /, SSE API at POST /generate, "
+        "OpenAI-compatible API at /v1, docs at /docs.",
+    )
+    parser.add_argument("--checkpoint", default=env.get("CHECKPOINT_PATH"), help="env CHECKPOINT_PATH")
+    parser.add_argument("--tokenizer", default=env.get("TOKENIZER_PATH"), help="env TOKENIZER_PATH")
+    parser.add_argument("--device", default=env.get("DEVICE", "auto"), choices=DEVICE_CHOICES, help="env DEVICE")
+    parser.add_argument("--host", default=env.get("HOST", "127.0.0.1"),
+                        help="env HOST (default 127.0.0.1; use 0.0.0.0 to listen on all interfaces)")
+    parser.add_argument("--port", type=int, default=None, help="env PORT (default 7779)")
+    parser.add_argument("--max-concurrent", "--max_concurrent", dest="max_concurrent", type=int, default=None,
+                        help="env MAX_CONCURRENT (default 4)")
+    parser.add_argument("--max-queue", "--max_queue", dest="max_queue", type=int, default=None,
+                        help="env MAX_QUEUE (default 32)")
+    args = parser.parse_args(argv)
+
+    def integer(flag_value, env_name, default):
+        if flag_value is not None:
+            return flag_value
+        raw = env.get(env_name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            parser.error(f"{env_name} must be an integer, got {raw!r}")
+
+    port = integer(args.port, "PORT", 7779)
+    max_concurrent = integer(args.max_concurrent, "MAX_CONCURRENT", 4)
+    max_queue = integer(args.max_queue, "MAX_QUEUE", 32)
+    if not 0 < port < 65536:
+        parser.error(f"port must be 1-65535, got {port}")
+    if max_concurrent < 1 or max_queue < 0:
+        parser.error("max concurrent must be >= 1 and max queue >= 0")
+    return ServerSettings(
+        checkpoint=args.checkpoint or None,
+        tokenizer=args.tokenizer or None,
+        device=args.device,
+        host=args.host,
+        port=port,
+        max_concurrent=max_concurrent,
+        max_queue=max_queue,
+    )

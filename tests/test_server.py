@@ -1,0 +1,146 @@
+"""The web app in-process: validation, SSE event order and content, errors, health, page."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from src.model.checkpoint import load_model
+from src.server.app import create_app
+from src.server.settings import ServerSettings, parse_settings
+from tests.conftest import parse_sse
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint):
+    return load_model(tiny_checkpoint)
+
+
+@pytest.fixture()
+def client(loaded):
+    with TestClient(create_app(loaded, ServerSettings(max_concurrent=2, max_queue=2))) as test_client:
+        yield test_client
+
+
+def stream_events(client, body):
+    with client.stream("POST", "/generate", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return parse_sse(response.iter_lines())
+
+
+def test_health_reports_the_model(client, loaded):
+    info = client.get("/health").json()
+    assert info["status"] == "ok" and info["model_loaded"] is True
+    assert info["parameters"] == loaded.model.num_parameters()
+    assert info["vocab_size"] == 384 and info["context_length"] == 64
+    assert info["checkpoint"] == "tiny.pth" and info["device"] == "cpu"
+    assert info["presets"]["conservative"]["repetition_penalty"] == 1.3
+
+
+def test_generate_streams_tokens_then_done_then_DONE(client, loaded):
+    events = stream_events(client, {"prompt": "Once upon a time", "max_tokens": 20, "seed": 4})
+    assert events[-1] == "[DONE]"
+    done = events[-2]
+    assert done["done"] is True and done["finish_reason"] in ("eos", "length") and done["seed"] == 4
+    tokens = events[:-2]
+    assert tokens and all(set(e) == {"token"} for e in tokens)
+    assert 1 <= done["tokens"] <= 20 and done["tokens_per_s"] > 0
+    # the streamed text is exactly what the engine generates for the same seed
+    from src.generation import Generator, PRESETS
+
+    expected = Generator.from_loaded(loaded).generate("Once upon a time", PRESETS["balanced"].replace(max_new_tokens=20, seed=4))
+    assert "".join(e["token"] for e in tokens) == expected.text
+
+
+def test_preset_and_overrides_are_applied(client):
+    body = {"prompt": "The happy cat found", "max_tokens": 15, "preset": "conservative", "temperature": 0}
+    first, second = stream_events(client, body), stream_events(client, body)
+    assert first[:-2] == second[:-2]  # greedy: identical token streams (seed and speed differ)
+    assert first[-2]["tokens"] == 15
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"prompt": "x", "temperature": 2.5}, "temperature"),
+        ({"prompt": "x", "temperature": -0.1}, "temperature"),
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": 1001}, "max_tokens"),
+        ({"prompt": "x", "top_p": 0}, "top_p"),
+        ({"prompt": "x", "top_k": -1}, "top_k"),
+        ({"prompt": "x", "repetition_penalty": 5}, "repetition_penalty"),
+        ({"prompt": "x", "preset": "wild"}, "preset"),
+        ({"prompt": ""}, "prompt"),
+        ({"temperature": 1.0}, "prompt"),
+        ({"prompt": "x", "colour": "red"}, "colour"),
+    ],
+)
+def test_invalid_requests_get_422_with_a_json_message(client, body, field):
+    response = client.post("/generate", json=body)
+    assert response.status_code == 422
+    assert field in response.json()["error"]
+
+
+def test_prompt_longer_than_context_is_422(client):
+    response = client.post("/generate", json={"prompt": "Once upon a time " * 40})
+    assert response.status_code == 422
+    assert "context is 64 tokens" in response.json()["error"]
+
+
+def test_error_mid_stream_is_reported_then_DONE(client, monkeypatch):
+    generator = client.app.state.generator
+    real_iter = generator.iter_token_ids
+
+    def failing(prompt_ids, params, seed):
+        for i, token in enumerate(real_iter(prompt_ids, params, seed)):
+            if i == 3:
+                raise RuntimeError("simulated failure")
+            yield token
+
+    monkeypatch.setattr(generator, "iter_token_ids", failing)
+    events = stream_events(client, {"prompt": "Once", "max_tokens": 50, "seed": 1})
+    assert events[-1] == "[DONE]"
+    assert events[-2] == {"error": "RuntimeError: simulated failure"}
+    assert not any("done" in e for e in events[:-1])
+    assert client.get("/health").json()["active_generations"] == 0
+
+
+def test_page_is_self_contained_and_inserts_text_safely(client):
+    html = client.get("/").text
+    assert "<title>TinyStories generator</title>" in html
+    assert "http://" not in html and "https://" not in html  # no CDN: works offline
+    assert "innerHTML" not in html and "appendData" in html  # story text is never parsed as HTML
+    assert client.get("/docs").status_code == 200
+
+
+def test_openai_non_streaming_and_unsupported_fields(client):
+    response = client.post("/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 8, "seed": 1})
+    assert response.status_code == 200
+    data = response.json()
+    assert data["object"] == "text_completion" and data["choices"][0]["finish_reason"] in ("stop", "length")
+    assert data["usage"]["completion_tokens"] <= 8
+    for bad in ({"logit_bias": {"1": 2}}, {"n": 2}, {"echo": True}, {"presence_penalty": 0.5}, {"suffix": "x"}):
+        bad_response = client.post("/v1/completions", json={"prompt": "Once", **bad})
+        assert bad_response.status_code == 400, bad
+        assert "message" in bad_response.json()["error"]
+    assert client.get("/v1/models").json()["data"][0]["id"] == "tiny"
+
+
+def test_settings_from_env_and_flags():
+    settings = parse_settings([], env={"PORT": "8000", "MAX_CONCURRENT": "3", "HOST": "0.0.0.0", "CHECKPOINT_PATH": "a.pth"})
+    assert (settings.port, settings.max_concurrent, settings.host, settings.checkpoint) == (8000, 3, "0.0.0.0", "a.pth")
+    flags = parse_settings(["--port", "9000", "--checkpoint", "b.pth"], env={"PORT": "8000"})
+    assert flags.port == 9000 and flags.checkpoint == "b.pth" and flags.host == "127.0.0.1"
+    with pytest.raises(SystemExit):
+        parse_settings([], env={"PORT": "eighty"})
+
+
+def test_run_ui_with_a_bad_checkpoint_exits_with_a_message(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    proc = subprocess.run([sys.executable, "run_ui.py", "--checkpoint", str(tmp_path / "none.pth")],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr
