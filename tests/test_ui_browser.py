@@ -1,0 +1,60 @@
+"""The page in headless Chromium: model info, streaming text, Stop, errors shown.
+
+Skipped (with the reason) when Playwright or a Chromium binary is not installed:
+`pip install playwright` and Debian's `chromium` package. Set UI_SCREENSHOT=path.png to keep
+the mid-stream screenshot.
+"""
+
+import os
+import shutil
+import time
+
+import pytest
+
+from src.model.checkpoint import load_model
+from src.server.app import create_app
+from tests.test_server_live import LiveServer
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary on PATH (apt-get install chromium)")
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def test_page_streams_a_story_and_stop_aborts(tiny_checkpoint, tmp_path):
+    app = create_app(load_model(tiny_checkpoint))
+    generator = app.state.generator
+    real_iter = generator.iter_token_ids
+
+    def slow_iter(prompt_ids, params, seed):
+        for token in real_iter(prompt_ids, params, seed):
+            time.sleep(0.03)
+            yield token
+
+    generator.iter_token_ids = slow_iter
+    with LiveServer(app) as live, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 760})
+        page.goto(live.url)
+        page.wait_for_function("document.getElementById('model-info').textContent.includes('parameters')")
+        assert "tiny.pth" in page.inner_text("#model-info")
+
+        page.fill("#prompt", "Once upon a time <b>bold</b>")
+        page.fill("#seed", "3")
+        page.click("#generate")
+        page.wait_for_function("document.getElementById('story').textContent.length > 60")
+        assert page.is_enabled("#stop") and not page.is_enabled("#generate")
+        page.screenshot(path=os.environ.get("UI_SCREENSHOT") or str(tmp_path / "mid_stream.png"))
+        assert page.locator("#story b").count() == 0  # prompt and story are text, never HTML
+        page.click("#stop")
+        page.wait_for_function("document.getElementById('status').textContent === 'Stopped.'")
+        assert page.is_enabled("#generate") and page.is_enabled("#copy")
+
+        page.fill("#max_tokens", "50")
+        page.evaluate("document.getElementById('temperature').value = '0.8'")
+        page.fill("#prompt", "Once upon a time " * 40)  # longer than the tiny model's context
+        page.click("#generate")
+        page.wait_for_function("getComputedStyle(document.getElementById('error')).display === 'block'")
+        assert "context is 64 tokens" in page.inner_text("#error")
+        browser.close()
