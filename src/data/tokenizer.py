@@ -8,15 +8,23 @@ truncation or padding: context length is the model's business, not the tokenizer
 from __future__ import annotations
 
 import hashlib
+import json
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from src.data.atomic_files import atomic_write_text
 
 EOS_TOKEN = "<|endoftext|>"  # ends every story; id 0
 PAD_TOKEN = "<|pad|>"  # padding for batched inference; id 1
 SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 TOKENIZER_FILE = "tokenizer.json"
+HF_CONFIG_FILE = "tokenizer_config.json"  # what transformers.AutoTokenizer reads besides tokenizer.json
+METADATA_FILE = "tokenizer_meta.json"  # vocab size, data source, samples, sha256 of tokenizer.json
 
 
 class TokenizerError(ValueError):
@@ -31,11 +39,7 @@ def train_bpe_tokenizer(
     length: int | None = None,
 ) -> Tokenizer:
     """Train a byte-level BPE tokenizer on an iterator of texts (streamed, never all in memory)."""
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise TokenizerError(
-            f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + special tokens),"
-            f" got {vocab_size}"
-        )
+    check_vocab_size(vocab_size)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -48,6 +52,57 @@ def train_bpe_tokenizer(
     )
     tokenizer.train_from_iterator(texts, trainer=trainer, length=length)
     return tokenizer
+
+
+def check_vocab_size(vocab_size: int) -> None:
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise TokenizerError(
+            f"vocab_size must be at least {MIN_VOCAB_SIZE} (256 bytes + special tokens), got {vocab_size}"
+        )
+
+
+def save_tokenizer(tokenizer: Tokenizer, output_dir: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write tokenizer.json, the AutoTokenizer config and a metadata file, each atomically.
+
+    tokenizer.json holds exactly `tokenizer.to_str()`, so the sha256 of the file equals
+    `tokenizer_sha256(tokenizer)` and cache keys agree whether a tokenizer came from disk or memory.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise TokenizerError(f"output_dir {output_dir} exists and is not a directory")
+    for token, expected_id in zip(SPECIAL_TOKENS, range(len(SPECIAL_TOKENS))):
+        if tokenizer.token_to_id(token) != expected_id:
+            raise TokenizerError(f"{token} must have id {expected_id}, has {tokenizer.token_to_id(token)}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output_dir / TOKENIZER_FILE, tokenizer.to_str())
+    atomic_write_text(output_dir / HF_CONFIG_FILE, _hf_tokenizer_config(tokenizer))
+    meta = {
+        "vocab_size": tokenizer.get_vocab_size(),
+        "eos_token": EOS_TOKEN,
+        "eos_token_id": tokenizer.token_to_id(EOS_TOKEN),
+        "pad_token": PAD_TOKEN,
+        "pad_token_id": tokenizer.token_to_id(PAD_TOKEN),
+        **(metadata or {}),
+        "tokenizer_json_sha256": tokenizer_sha256(tokenizer),
+    }
+    atomic_write_text(output_dir / METADATA_FILE, json.dumps(meta, indent=2) + "\n")
+    return output_dir
+
+
+def _hf_tokenizer_config(tokenizer: Tokenizer) -> str:
+    """tokenizer_config.json as transformers writes it, with eos/pad set.
+
+    The class is pinned to PreTrainedTokenizerFast, which transformers 4.x and 5.x both load.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_tokenizer.save_pretrained(tmp)
+        config = json.loads((Path(tmp) / HF_CONFIG_FILE).read_text(encoding="utf-8"))
+    config.pop("backend", None)
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    return json.dumps(config, indent=2) + "\n"
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

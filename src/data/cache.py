@@ -1,0 +1,170 @@
+"""Tokenized cache: a source's stories, tokenized once, as one flat memory-mapped array.
+
+Layout: `<name>.bin` holds the tokens of every story followed by EOS, flat, as uint16 (uint32
+when the vocabulary needs it); `<name>.json` beside it records how it was made (format version,
+tokenizer sha256, source fingerprint, dtype, token / story / UTF-8 byte counts). The file name
+carries the tokenizer hash and the source fingerprint, so a new tokenizer or changed data never
+meets a stale cache. A cache whose sidecar is missing or disagrees, or whose size is not
+n_tokens * itemsize, is rebuilt (with a warning), never used.
+
+The build streams: chunks of stories go through `Tokenizer.encode_batch` (parallel in Rust) and
+are appended to a temp file that is renamed into place at the end, so memory stays flat as the
+corpus grows and an interrupted build leaves no half cache.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from src.data.atomic_files import atomic_output, atomic_write_text
+from src.data.sources import TextSource, open_source
+from src.data.tokenizer import TokenizerError, eos_token_id, tokenizer_sha256
+
+CACHE_FORMAT_VERSION = 1
+DEFAULT_CACHE_DIR = "data/cache"
+STORIES_PER_CHUNK = 2048  # stories per encode_batch call: big enough to keep all cores busy
+
+logger = logging.getLogger(__name__)
+
+
+class CacheError(ValueError):
+    """A token cache is missing, truncated or does not match its tokenizer / source."""
+
+
+@dataclass(frozen=True)
+class TokenCache:
+    """A built cache. `tokens` is a read-only memmap: pages load on demand, nothing is copied."""
+
+    tokens: np.memmap
+    n_tokens: int
+    n_stories: int
+    n_bytes: int  # UTF-8 bytes of the story text (no separators): the denominator of bits per byte
+    path: Path
+    meta: dict[str, Any]
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def cache_paths(source: TextSource, tokenizer: Tokenizer, cache_dir: str | Path) -> tuple[Path, Path]:
+    """(tokens .bin, sidecar .json) for this source and tokenizer: the key is both hashes."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source.describe().split(" ")[0]).name)[:40].strip("._") or "data"
+    name = f"{slug}-src{source.fingerprint()[:12]}-tok{tokenizer_sha256(tokenizer)[:12]}"
+    cache_dir = Path(cache_dir)
+    return cache_dir / f"{name}.bin", cache_dir / f"{name}.json"
+
+
+def load_or_build_token_cache(
+    source: TextSource | str,
+    tokenizer: Tokenizer,
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    show_progress: bool = True,
+    stories_per_chunk: int = STORIES_PER_CHUNK,
+) -> TokenCache:
+    """The cache for (source, tokenizer): loaded if present and valid, else built first."""
+    source = open_source(source)
+    bin_path, meta_path = cache_paths(source, tokenizer, cache_dir)
+    if bin_path.exists() or meta_path.exists():
+        try:
+            return load_token_cache(bin_path, tokenizer, source)
+        except CacheError as exc:
+            logger.warning("rebuilding token cache: %s", exc)
+            meta_path.unlink(missing_ok=True)
+    build_token_cache(source, tokenizer, bin_path, show_progress, stories_per_chunk)
+    return load_token_cache(bin_path, tokenizer, source)
+
+
+def load_token_cache(
+    bin_path: str | Path, tokenizer: Tokenizer | None = None, source: TextSource | None = None
+) -> TokenCache:
+    """Open a built cache, checking the sidecar (and, if given, the tokenizer and source)."""
+    bin_path = Path(bin_path)
+    meta_path = bin_path.with_suffix(".json")
+    if not meta_path.exists():
+        raise CacheError(f"{bin_path}: sidecar {meta_path.name} is missing (interrupted build?)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        n_tokens, dtype = int(meta["n_tokens"]), np.dtype(meta["dtype"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CacheError(f"{meta_path}: unreadable sidecar ({exc})") from None
+    expected = {"format_version": CACHE_FORMAT_VERSION}
+    if tokenizer is not None:
+        expected["tokenizer_sha256"] = tokenizer_sha256(tokenizer)
+    if source is not None:
+        expected["source_fingerprint"] = source.fingerprint()
+    for key, value in expected.items():
+        if meta.get(key) != value:
+            raise CacheError(f"{bin_path}: {key} is {meta.get(key)!r}, expected {value!r}")
+    size = bin_path.stat().st_size if bin_path.exists() else None
+    if size != n_tokens * dtype.itemsize or n_tokens == 0:
+        raise CacheError(
+            f"{bin_path}: {size} bytes on disk, sidecar says {n_tokens} tokens x {dtype.itemsize} bytes (truncated?)"
+        )
+    tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(n_tokens,))
+    return TokenCache(tokens, n_tokens, int(meta["n_stories"]), int(meta["n_bytes"]), bin_path, meta)
+
+
+def build_token_cache(
+    source: TextSource,
+    tokenizer: Tokenizer,
+    bin_path: str | Path,
+    show_progress: bool = True,
+    stories_per_chunk: int = STORIES_PER_CHUNK,
+) -> dict[str, Any]:
+    """Tokenize every story + EOS into `bin_path` (atomically) and write its sidecar last."""
+    bin_path = Path(bin_path)
+    eos = eos_token_id(tokenizer)
+    if eos is None:
+        raise TokenizerError("the tokenizer has no <|endoftext|> token; the cache needs one after each story")
+    vocab_size = tokenizer.get_vocab_size()
+    dtype = token_dtype(vocab_size)
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # fast: skips offsets
+    n_tokens = n_stories = n_bytes = 0
+    start = time.perf_counter()
+    progress = tqdm(
+        total=source.total_bytes(),
+        unit="B",
+        unit_scale=True,
+        desc=f"tokenizing {source.describe()}",
+        disable=not show_progress,
+    )
+    stories = source.stories()
+    with progress, atomic_output(bin_path) as tmp, open(tmp, "wb") as out:
+        while chunk := list(itertools.islice(stories, stories_per_chunk)):
+            encodings = encode(chunk, add_special_tokens=False)
+            story_ids = itertools.chain.from_iterable((e.ids, (eos,)) for e in encodings)
+            ids = np.fromiter(itertools.chain.from_iterable(story_ids), dtype=dtype)
+            ids.tofile(out)
+            chunk_bytes = sum(len(story.encode("utf-8")) for story in chunk)
+            n_tokens += len(ids)
+            n_stories += len(chunk)
+            n_bytes += chunk_bytes
+            progress.update(chunk_bytes)
+        out.flush()
+    meta = {
+        "format_version": CACHE_FORMAT_VERSION,
+        "tokenizer_sha256": tokenizer_sha256(tokenizer),
+        "vocab_size": vocab_size,
+        "eos_token_id": eos,
+        "source": source.describe(),
+        "source_fingerprint": source.fingerprint(),
+        "dtype": dtype.name,
+        "n_tokens": n_tokens,
+        "n_stories": n_stories,
+        "n_bytes": n_bytes,
+        "build_seconds": round(time.perf_counter() - start, 3),
+    }
+    atomic_write_text(bin_path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+    return meta

@@ -1,0 +1,115 @@
+"""Token cache: one EOS after each story, keyed by tokenizer + source, never used stale or torn."""
+
+import json
+
+import numpy as np
+import pytest
+
+from src.data.cache import CacheError, cache_paths, load_or_build_token_cache, load_token_cache, token_dtype
+from src.data.sources import open_source
+from src.data.tokenizer import EOS_TOKEN, train_bpe_tokenizer
+from tests.conftest import TINY_STORIES
+
+STORIES = TINY_STORIES + ["Zoë saw a 🐉 and said 你好.", "The end."]
+
+
+@pytest.fixture()
+def story_file(tmp_path):
+    path = tmp_path / "stories.txt"
+    path.write_text("".join(f"{s}\n{EOS_TOKEN}\n" for s in STORIES), encoding="utf-8")
+    return path
+
+
+def build(story_file, tokenizer, cache_dir, **kwargs):
+    return load_or_build_token_cache(open_source(story_file), tokenizer, cache_dir, show_progress=False, **kwargs)
+
+
+def test_one_eos_after_each_story_and_counts(story_file, tokenizer, tmp_path):
+    cache = build(story_file, tokenizer, tmp_path / "cache", stories_per_chunk=3)  # several chunks
+    eos = tokenizer.token_to_id(EOS_TOKEN)
+    tokens = np.asarray(cache.tokens)
+    expected = []
+    for story in STORIES:
+        expected += tokenizer.encode(story, add_special_tokens=False).ids + [eos]
+    assert tokens.tolist() == expected
+    assert cache.tokens.dtype == np.uint16 and not cache.tokens.flags.writeable
+    assert (tokens == eos).sum() == len(STORIES) == cache.n_stories and tokens[-1] == eos
+    assert cache.n_tokens == len(expected)
+    assert cache.n_bytes == sum(len(s.encode("utf-8")) for s in STORIES)
+    pieces = np.split(tokens, np.flatnonzero(tokens == eos) + 1)[:-1]
+    assert [tokenizer.decode(p[:-1].tolist()) for p in pieces] == STORIES
+    assert cache.path.parent == tmp_path / "cache" and cache.path.suffix == ".bin"
+
+
+def test_second_call_reuses_the_cache(story_file, tokenizer, tmp_path):
+    first = build(story_file, tokenizer, tmp_path)
+    mtime = first.path.stat().st_mtime_ns
+    second = build(story_file, tokenizer, tmp_path)
+    assert second.path == first.path and second.path.stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".bin", ".json")) == sorted(
+        [first.path.name, first.path.with_suffix(".json").name]
+    )
+
+
+def test_new_tokenizer_or_changed_source_gets_a_new_cache(story_file, tokenizer, tmp_path):
+    other = train_bpe_tokenizer(TINY_STORIES * 20, vocab_size=300, min_frequency=1)
+    a = build(story_file, tokenizer, tmp_path)
+    b = build(story_file, other, tmp_path)
+    assert a.path != b.path and b.meta["tokenizer_sha256"] != a.meta["tokenizer_sha256"]
+    assert np.asarray(b.tokens).tolist() != np.asarray(a.tokens).tolist()
+    story_file.write_text(story_file.read_text(encoding="utf-8") + "One more story.\n", encoding="utf-8")
+    c = build(story_file, tokenizer, tmp_path)
+    assert c.path != a.path and c.n_stories == a.n_stories + 1
+    # a sidecar claiming another tokenizer is refused when checked against this one
+    with pytest.raises(CacheError, match="tokenizer_sha256"):
+        load_token_cache(b.path, tokenizer)
+
+
+def test_truncated_cache_is_detected_and_rebuilt(story_file, tokenizer, tmp_path, caplog):
+    cache = build(story_file, tokenizer, tmp_path)
+    good = np.asarray(cache.tokens).copy()
+    del cache
+    path = cache_paths(open_source(story_file), tokenizer, tmp_path)[0]
+    path.write_bytes(path.read_bytes()[:-6])
+    with pytest.raises(CacheError, match="truncated"):
+        load_token_cache(path, tokenizer)
+    with caplog.at_level("WARNING"):
+        rebuilt = build(story_file, tokenizer, tmp_path)
+    assert "rebuilding token cache" in caplog.text
+    assert np.array_equal(np.asarray(rebuilt.tokens), good)
+
+
+def test_missing_or_mismatched_sidecar_is_rebuilt(story_file, tokenizer, tmp_path):
+    cache = build(story_file, tokenizer, tmp_path)
+    sidecar = cache.path.with_suffix(".json")
+    sidecar.unlink()
+    with pytest.raises(CacheError, match="sidecar .* missing"):
+        load_token_cache(cache.path)
+    assert build(story_file, tokenizer, tmp_path).n_tokens == cache.n_tokens and sidecar.exists()
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "source_fingerprint": "elsewhere"}))
+    with pytest.raises(CacheError, match="source_fingerprint"):
+        load_token_cache(cache.path, tokenizer, open_source(story_file))
+    assert build(story_file, tokenizer, tmp_path).meta["source_fingerprint"] == meta["source_fingerprint"]
+
+
+def test_interrupted_build_leaves_no_cache(story_file, tokenizer, tmp_path, monkeypatch):
+    import src.data.cache as cache_module
+
+    real_fromiter = np.fromiter
+    calls = {"n": 0}
+
+    def failing_fromiter(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_fromiter(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module.np, "fromiter", failing_fromiter)
+    with pytest.raises(KeyboardInterrupt):
+        build(story_file, tokenizer, tmp_path, stories_per_chunk=2)
+    assert list(tmp_path.iterdir()) == [story_file]  # no .bin, no sidecar, no temp file
+
+
+def test_large_vocab_uses_uint32():
+    assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
