@@ -1,0 +1,39 @@
+"""What both evaluators share: the model from the one loader, and bad input as one line."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from src.data.cache import CacheError
+from src.data.sources import DataSourceError
+from src.data.tokenizer import TokenizerError
+from src.device import inference_dtype, resolve_device
+from src.evaluation.errors import EvaluationError
+from src.model.checkpoint import CheckpointError, LoadedModel, load_model, resolve_checkpoint_path
+
+# Bad input of these kinds is reported as one line on stderr, without a traceback.
+# OSError covers unwritable output paths.
+INPUT_ERRORS = (CheckpointError, DataSourceError, CacheError, TokenizerError, EvaluationError, OSError)
+
+
+def load_for_evaluation(checkpoint: str | None, device_name: str) -> LoadedModel:
+    """The checkpoint named by the flag, $CHECKPOINT_PATH, the best one in checkpoints/ or the demo."""
+    try:
+        device = resolve_device(device_name)
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
+    return load_model(resolve_checkpoint_path(checkpoint), device=device, dtype=inference_dtype(device))
+
+
+def run_cli(task: Callable[[], object], prog: str) -> int:
+    """Run `task`; exit status 0, or 2 with `prog: error: ...` on stderr for bad input."""
+    try:
+        task()
+    except INPUT_ERRORS as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return 0
