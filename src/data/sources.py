@@ -229,7 +229,8 @@ class HubDataset:
             message = str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
             raise DataSourceError(
                 f"cannot read {where}: {message}. Without network access, pass a local file instead"
-                " (e.g. TinyStories-train.txt)."
+                f" (e.g. TinyStories-{'valid' if 'valid' in self.split else 'train'}.txt); setting"
+                " HF_HUB_OFFLINE=1 makes this fail at once instead of retrying."
             ) from None
 
     def fingerprint(self) -> str:
