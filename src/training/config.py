@@ -1,0 +1,210 @@
+"""The training config: six typed sections read from YAML, overridable with `--set section.key=value`.
+
+    model      ModelConfig (src/model/config.py): the network's shape
+    data       tokenizer, train / validation text sources, token cache
+    training   batch, accumulation, length of the run, device, precision, eval / save cadence
+    optimizer  AdamW
+    scheduler  linear warmup, then cosine to min_lr
+    logging    log cadence, metrics file, progress bar, loss-curve plot
+
+Every section goes through `dataclass_from_dict`, so an unknown or misspelled key is an error
+that names it and lists the valid ones, and YAML's "5e-4" (a string to YAML 1.1) loads as a
+float. `--set` values are parsed as YAML scalars and validated the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from src.config_utils import ConfigError, dataclass_from_dict
+from src.model.config import ModelConfig
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class DataConfig:
+    tokenizer: str = "tokenizer/tinystories_10k"  # a tokenizer directory or tokenizer.json
+    train: str = "roneneldan/TinyStories"  # any text source spec (src/data/sources.py)
+    val: str | None = "roneneldan/TinyStories:validation"  # None: carve it out of train (val_fraction)
+    val_fraction: float | None = None  # share of train stories held out by hash when val is None
+    max_train_stories: int | None = None  # first N stories only (quick runs)
+    max_val_stories: int | None = None
+    cache_dir: str = "data/cache"  # tokenized memmaps, keyed by tokenizer + source
+
+    def __post_init__(self) -> None:
+        if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.val is not None and self.val_fraction is not None:
+            raise ConfigError("set data.val or data.val_fraction, not both")
+        for name in ("max_train_stories", "max_val_stories"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = "checkpoints"
+    batch_size: int = 64  # windows per micro-batch, per process
+    grad_accum_steps: int = 4  # micro-batches per optimizer step
+    epochs: float = 5.0  # length of the run, unless max_steps is set
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "auto"  # auto: bf16 on CUDA sm80+ and CPU, fp16 + GradScaler on older GPUs, else fp32
+    compile: bool | str = "auto"  # auto: on for CUDA on Linux
+    seed: int = 1337
+    eval_interval: int = 500  # optimizer steps between validation runs (and at the end)
+    eval_batches: int | None = 100  # cap on validation batches per evaluation (per process); None = all
+    eval_batch_size: int | None = None  # None = batch_size
+    save_interval: int = 1000  # optimizer steps between checkpoint_latest.pth saves
+    keep_best: int = 1  # checkpoint_best_ppl_*.pth files kept
+    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    early_stopping_min_delta: float = 0.0  # val_loss must drop by more than this to count
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "grad_accum_steps", "eval_interval", "save_interval", "keep_best")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"training.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_steps", "eval_batches", "eval_batch_size", "early_stopping_patience"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"training.{name} must be at least 1 (or null), got {getattr(self, name)}")
+        if self.epochs <= 0:
+            raise ConfigError(f"training.epochs must be positive, got {self.epochs}")
+        if self.max_grad_norm < 0 or self.early_stopping_min_delta < 0:
+            raise ConfigError("training.max_grad_norm and training.early_stopping_min_delta must be >= 0")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"training.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if isinstance(self.compile, str) and self.compile != "auto":
+            raise ConfigError(f"training.compile must be true, false or auto, got {self.compile!r}")
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # applied to matrices only (not norms)
+    fused: bool | None = None  # None: fused kernel on CUDA
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0:
+            raise ConfigError("optimizer.lr and optimizer.eps must be positive, optimizer.weight_decay >= 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class SchedulerConfig:
+    warmup_steps: int = 2000  # linear warmup from ~0 to optimizer.lr
+    min_lr: float = 5e-5  # cosine decay ends here at the last step
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0 or self.min_lr < 0:
+            raise ConfigError("scheduler.warmup_steps and scheduler.min_lr must be >= 0")
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = 10  # optimizer steps per metrics.jsonl record / progress update
+    metrics_file: str = "metrics.jsonl"  # inside training.output_dir
+    plot: bool = True  # loss_curve.png in output_dir at the end
+    progress_bar: bool | None = None  # None: only when stderr is a terminal (else plain log lines)
+
+    def __post_init__(self) -> None:
+        if self.log_interval < 1:
+            raise ConfigError(f"logging.log_interval must be at least 1, got {self.log_interval}")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        if self.scheduler.min_lr > self.optimizer.lr:
+            raise ConfigError(
+                f"scheduler.min_lr ({self.scheduler.min_lr}) must not exceed optimizer.lr ({self.optimizer.lr})"
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a training config is a mapping of sections, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {', '.join(unknown)}; valid sections: {', '.join(SECTIONS)}")
+        sections = {}
+        for name, section_cls in SECTIONS.items():
+            value = data.get(name) or {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section {name} must be a mapping, got {value!r}")
+            if section_cls is ModelConfig:
+                sections[name] = ModelConfig.from_dict(value)
+            else:
+                sections[name] = dataclass_from_dict(section_cls, value, section=name)
+        return cls(**sections)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain dicts (tuples as lists): what checkpoints store and YAML round-trips."""
+        return {
+            name: {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(getattr(self, name)).items()}
+            for name in SECTIONS
+        }
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "training": TrainingConfig,
+    "optimizer": OptimizerConfig,
+    "scheduler": SchedulerConfig,
+    "logging": LoggingConfig,
+}
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` strings to a raw config dict (values parsed as YAML scalars)."""
+    data = {name: dict(section or {}) for name, section in data.items()}
+    for item in overrides:
+        target, sep, raw = item.partition("=")
+        section, dot, key = target.strip().partition(".")
+        if not sep or not dot or not section or not key:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {item}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw  # not YAML: keep the text and let the field's type decide
+        data.setdefault(section, {})[key] = value
+    return data
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (or start from the defaults when `path` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return TrainConfig.from_dict(apply_overrides(data, list(overrides or [])))

@@ -1,0 +1,60 @@
+"""Numeric precision for training: bf16 autocast where the hardware has it, fp16 + loss
+scaling on older GPUs, fp32 otherwise. Weights and optimizer state always stay fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # "bf16", "fp16" or "fp32"
+    device_type: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.name]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none."""
+        return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)  # Ampere and newer
+    if device.type == "cpu":
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return False
+
+
+def choose_precision(requested: str, device: torch.device) -> tuple[Precision, str | None]:
+    """(precision, warning or None). An explicit choice the device cannot run falls back, with a warning."""
+    if requested == "fp32":
+        return Precision("fp32", device.type), None
+    if bf16_supported(device) and requested in ("auto", "bf16"):
+        return Precision("bf16", device.type), None
+    if device.type == "cuda":
+        fallback = Precision("fp16", "cuda")
+    else:
+        fallback = Precision("fp32", device.type)
+    warning = None
+    if requested != "auto" and requested != fallback.name:
+        warning = f"training.precision={requested} is not supported on {device}; using {fallback.name}"
+    return fallback, warning
+
+
+def enable_tf32() -> None:
+    """TF32 tensor cores for the fp32 matmuls left outside autocast (CUDA Ampere and newer)."""
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True

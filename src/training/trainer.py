@@ -1,0 +1,454 @@
+"""The training loop: `train(config, resume)` runs a whole run and returns how it ended.
+
+Read top to bottom: `Trainer.__init__` sets everything up (device, precision, tokenizer, model,
+data, optimizer, schedule, resume state, compile / DDP), `fit` loops over optimizer steps,
+logging, evaluating and checkpointing; the methods below it do one job each.
+
+Exact resume: checkpoint_latest.pth holds the model, optimizer, GradScaler, step, the data
+position (src.data.batches.TrainBatches.state_dict) and every rank's RNG states, and
+metrics.jsonl is cut back to the checkpoint's step, so a run killed at any point (even
+`kill -9`) and resumed with `--resume auto` logs the same losses as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from src.config_utils import ConfigError
+from src.data.tokenizer import load_tokenizer, tokenizer_sha256
+from src.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from src.model.transformer_block import WikiMiniModel
+from src.training.checkpointing import LATEST_NAME, BestCheckpoints
+from src.training.compile import compile_wanted, try_compile
+from src.training.config import TrainConfig
+from src.training.data import load_run_data
+from src.training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    any_rank,
+    gather_objects,
+    setup_distributed,
+    teardown_distributed,
+)
+from src.training.evaluation import evaluate
+from src.training.metrics import MetricsLog, plot_loss_curve
+from src.training.optimizer import build_optimizer
+from src.training.precision import choose_precision, enable_tf32
+from src.training.rng import capture_rng_state, restore_rng_state
+from src.training.schedule import WarmupCosine
+from src.training.signals import GracefulStop
+from src.training.step import train_step
+
+PLOT_NAME = "loss_curve.png"
+
+
+@dataclass
+class TrainResult:
+    step: int
+    total_steps: int
+    stop_reason: str  # "completed", "early_stopping", "interrupted" or "already_complete"
+    exit_code: int
+    output_dir: Path
+    best_val_ppl: float | None
+    last_train_loss: float | None
+
+
+def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
+    """Run (or resume: "auto" or a checkpoint path) a training run; torchrun-aware."""
+    info, device = setup_distributed(config.training.device)
+    try:
+        return Trainer(config, info, device, resume).fit()
+    finally:
+        teardown_distributed()
+
+
+def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
+    """The checkpoint to resume from. A fresh run never silently overwrites an earlier one."""
+    latest = output_dir / LATEST_NAME
+    if resume is None:
+        if latest.exists():
+            raise ConfigError(
+                f"{latest} already exists: pass --resume auto to continue that run, or choose another "
+                "training.output_dir (or delete it) to start a new one"
+            )
+        return None
+    if resume == "auto":
+        return latest if latest.exists() else None
+    path = Path(resume)
+    if not path.exists():
+        raise CheckpointError(f"--resume: checkpoint not found: {path}")
+    return path
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, info: DistInfo, device: torch.device, resume: str | None) -> None:
+        self.config, self.info, self.device = config, info, device
+        cfg = config.training
+        self.output_dir = Path(cfg.output_dir)
+        self.bar: tqdm | None = None
+        resume_path = resolve_resume(resume, self.output_dir)
+        if resume == "auto" and resume_path is None:
+            self.log(f"--resume auto: no {LATEST_NAME} in {self.output_dir}; starting a new run")
+
+        # Precision and kernels
+        self.precision, warning = choose_precision(cfg.precision, device)
+        if warning:
+            self.warn(warning)
+        enable_tf32()
+        self.scaler = self.precision.grad_scaler()
+
+        # Tokenizer and model
+        self.tokenizer = load_tokenizer(config.data.tokenizer)
+        vocab = self.tokenizer.get_vocab_size()
+        if vocab > config.model.vocab_size:
+            raise ConfigError(
+                f"tokenizer {config.data.tokenizer} has {vocab} tokens but model.vocab_size is "
+                f"{config.model.vocab_size}; set model.vocab_size to at least {vocab}"
+            )
+        if vocab < config.model.vocab_size:
+            self.warn(f"tokenizer has {vocab} tokens, model.vocab_size is {config.model.vocab_size} (unused rows)")
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model = WikiMiniModel(config.model).to(device)
+        self.seq_len = config.model.max_seq_len
+
+        # Data
+        eval_batch_size = cfg.eval_batch_size or cfg.batch_size
+        # eval_batches per process: N processes with batch B score what one process with batch N*B does
+        max_val_windows = cfg.eval_batches * eval_batch_size * info.world_size if cfg.eval_batches else None
+        self.data = load_run_data(
+            config.data, self.tokenizer, self.seq_len, cfg.batch_size, cfg.seed, info, max_val_windows
+        )
+        self.batches = self.data.train
+        self.eval_batch_size = eval_batch_size
+        self.tokens_per_step = cfg.batch_size * self.seq_len * cfg.grad_accum_steps * info.world_size
+        if cfg.max_steps is not None:
+            self.total_steps = cfg.max_steps
+        else:
+            self.total_steps = int(cfg.epochs * self.batches.batches_per_epoch // cfg.grad_accum_steps)
+            if self.total_steps < 1:
+                raise ConfigError(
+                    f"{cfg.epochs} epoch(s) of {self.batches.batches_per_epoch} batches is less than one optimizer "
+                    f"step of {cfg.grad_accum_steps} micro-batches; add data, lower training.grad_accum_steps or "
+                    "set training.max_steps"
+                )
+
+        # Optimizer and schedule
+        self.optimizer = build_optimizer(self.model, config.optimizer, device)
+        self.schedule = WarmupCosine(
+            config.optimizer.lr, config.scheduler.min_lr, config.scheduler.warmup_steps, self.total_steps
+        )
+
+        # Run state (restored on resume)
+        self.step = 0
+        self.tokens_seen = 0
+        self.best_val_loss = math.inf
+        self.evals_without_improvement = 0
+        self.last_eval: dict[str, float] = {}
+        self.last_train_loss: float | None = None
+        self.loss_sum = torch.zeros((), device=device)  # train loss since the last log record
+        self.loss_steps = 0
+        self.best = BestCheckpoints(self.output_dir, cfg.keep_best)
+        torch.manual_seed(cfg.seed + info.rank)  # dropout masks differ between ranks
+        if resume_path is not None:
+            self.load_training_state(resume_path)
+
+        # Compile, then DDP (the compiled DDP module is what torch documents for the pair)
+        self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None) \
+            if info.enabled else None
+        self.eager_model = self.ddp or self.model
+        self.train_model = self.eager_model
+        self.compile_pending = False
+        if compile_wanted(cfg.compile, device):
+            compiled, warning = try_compile(self.eager_model)
+            if warning:
+                self.warn(warning)
+            if compiled is not None:
+                self.train_model, self.compile_pending = compiled, True
+
+        self.metrics = MetricsLog(self.output_dir / config.logging.metrics_file, resume_step=self.step) \
+            if info.is_main else None
+        self.log_setup(resume_path)
+
+    # ------------------------------------------------------------------------------------------
+    # The loop
+
+    def fit(self) -> TrainResult:
+        cfg, log_cfg = self.config.training, self.config.logging
+        if self.step >= self.total_steps:
+            self.log(f"run already complete at step {self.step} of {self.total_steps}")
+            return self.result("already_complete", 0)
+        stop_reason, exit_code = "completed", 0
+        saved_at = -1
+        self.bar = self.make_progress_bar()
+        # tokens/s is measured over each log interval, leaving out evaluation and checkpoint time
+        self.interval_start, self.interval_paused, self.interval_step = time.perf_counter(), 0.0, self.step
+        with GracefulStop() as stop:
+            while self.step < self.total_steps:
+                lr = self.schedule(self.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss, grad_norm = self.run_step()
+                self.step += 1
+                self.tokens_seen += self.tokens_per_step
+                self.loss_sum += loss
+                self.loss_steps += 1
+                if self.bar is not None:
+                    self.bar.update(1)
+                if self.step % log_cfg.log_interval == 0 or self.step == self.total_steps:
+                    self.log_train(lr, grad_norm)
+                if self.step % cfg.eval_interval == 0 or self.step == self.total_steps:
+                    if self.run_evaluation():
+                        stop_reason = "early_stopping"
+                if self.step % cfg.save_interval == 0:
+                    self.save_latest()
+                    saved_at = self.step
+                if any_rank(stop.requested is not None, self.info, self.device):
+                    stop_reason, exit_code = "interrupted", stop.exit_code or 130
+                if stop_reason != "completed":
+                    break
+            if self.bar is not None:
+                self.bar.close()
+            if saved_at != self.step:
+                self.save_latest()
+        if stop_reason == "interrupted":
+            self.log(f"interrupted at step {self.step}; saved {self.output_dir / LATEST_NAME} "
+                     "(continue with --resume auto)")
+        elif stop_reason == "early_stopping":
+            self.log(f"early stopping at step {self.step}: no val_loss improvement in "
+                     f"{self.evals_without_improvement} evaluations")
+        if self.info.is_main and log_cfg.plot:
+            png = plot_loss_curve(self.metrics.path, self.output_dir / PLOT_NAME)
+            if png:
+                self.log(f"loss curve: {png}")
+        return self.result(stop_reason, exit_code)
+
+    def run_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimizer step; the first compiled step falls back to eager if compilation fails."""
+        if not self.compile_pending:
+            return self.step_once()
+        data_state, rng_state = self.batches.state_dict(), capture_rng_state()
+        try:
+            return self.step_once()
+        except Exception as exc:
+            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+            self.warn(f"torch.compile failed ({type(exc).__name__}: {first_line}); falling back to eager mode")
+            self.train_model = self.eager_model
+            self.batches.load_state_dict(data_state)
+            restore_rng_state(rng_state)
+            return self.step_once()
+        finally:
+            self.compile_pending = False
+
+    def step_once(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cfg = self.config.training
+        return train_step(
+            self.train_model,
+            self.optimizer,
+            self.batches.next_batch,
+            cfg.grad_accum_steps,
+            self.precision,
+            self.device,
+            scaler=self.scaler,
+            max_grad_norm=cfg.max_grad_norm,
+            no_sync=self.ddp.no_sync if self.ddp is not None else None,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # Logging and evaluation
+
+    def log_train(self, lr: float, grad_norm: torch.Tensor | None) -> None:
+        sums = torch.stack([self.loss_sum, torch.tensor(float(self.loss_steps), device=self.device)]).double()
+        all_reduce_sum(sums, self.info)  # every rank's losses: the global batch's mean
+        train_loss = float(sums[0] / sums[1])
+        self.loss_sum.zero_()
+        self.loss_steps = 0
+        now = time.perf_counter()
+        seconds = max(now - self.interval_start - self.interval_paused, 1e-9)
+        tokens_per_s = (self.step - self.interval_step) * self.tokens_per_step / seconds
+        self.interval_start, self.interval_paused, self.interval_step = now, 0.0, self.step
+        self.last_train_loss = train_loss
+        if not self.info.is_main:
+            return
+        epoch = self.batches.epoch + self.batches.position / self.batches.n_windows
+        record = {
+            "step": self.step,
+            "train_loss": train_loss,
+            "lr": lr,
+            "tokens_per_s": tokens_per_s,
+            "tokens": self.tokens_seen,
+            "epoch": round(epoch, 4),
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+        }
+        self.metrics.write(record)
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {train_loss:.4f} lr {lr:.2e} {tokens_per_s:,.0f} tok/s")
+        else:
+            remaining = (self.total_steps - self.step) * self.tokens_per_step / tokens_per_s
+            self.log(f"step {self.step}/{self.total_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
+                     f"{tokens_per_s:,.0f} tok/s | eta {format_seconds(remaining)}")
+
+    def run_evaluation(self) -> bool:
+        """Evaluate, save a best checkpoint on improvement; True when early stopping triggers."""
+        if self.data.val_tokens is None:
+            return False
+        started = time.perf_counter()
+        result = evaluate(self.model, self.data.val_tokens, self.data.val_bytes, self.seq_len,
+                          self.eval_batch_size, self.precision, self.device, self.info)
+        self.last_eval = {"val_loss": result.loss, "val_ppl": result.ppl, "val_bpb": result.bpb}
+        improved = result.loss < self.best_val_loss - self.config.training.early_stopping_min_delta
+        if improved:
+            self.best_val_loss, self.evals_without_improvement = result.loss, 0
+        else:
+            self.evals_without_improvement += 1
+        if self.info.is_main:
+            self.metrics.write({"step": self.step, **self.last_eval})
+            self.log(f"step {self.step}: val_loss {result.loss:.4f} | val_ppl {result.ppl:.2f} | "
+                     f"val_bpb {result.bpb:.4f}")
+            if math.isfinite(result.ppl) and self.best.qualifies(result.ppl):
+                path = self.best.add(result.ppl, self.save_best)
+                self.log(f"saved {path}")
+        self.interval_paused += time.perf_counter() - started
+        patience = self.config.training.early_stopping_patience
+        return patience is not None and self.evals_without_improvement >= patience
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def checkpoint_metrics(self) -> dict[str, Any]:
+        return {"step": self.step, "train_loss": self.last_train_loss, **self.last_eval}
+
+    def save_best(self, path: Path) -> None:
+        save_checkpoint(path, self.model, self.tokenizer, config=self.config.to_dict(),
+                        metrics=self.checkpoint_metrics())
+
+    def save_latest(self) -> None:
+        """Every rank contributes its RNG state and loss accumulator; rank 0 writes the file."""
+        started = time.perf_counter()
+        per_rank = gather_objects(
+            {"rng": capture_rng_state(), "loss_sum": float(self.loss_sum), "loss_steps": self.loss_steps},
+            self.info,
+        )
+        if self.info.is_main:
+            state = {
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "schedule": self.schedule.state_dict(),
+                "data": self.batches.state_dict(),
+                "ranks": per_rank,
+                "world_size": self.info.world_size,
+                "best_val_loss": self.best_val_loss,
+                "best_checkpoints": self.best.state(),
+                "evals_without_improvement": self.evals_without_improvement,
+                "last_eval": self.last_eval,
+                "last_train_loss": self.last_train_loss,
+            }
+            save_checkpoint(self.output_dir / LATEST_NAME, self.model, self.tokenizer,
+                            config=self.config.to_dict(), metrics=self.checkpoint_metrics(), training_state=state)
+        self.interval_paused += time.perf_counter() - started
+
+    def load_training_state(self, path: Path) -> None:
+        checkpoint = load_checkpoint(path)
+        state = checkpoint.get("training_state")
+        if not state:
+            raise CheckpointError(f"{path} holds no training state (best checkpoints carry weights only); "
+                                  f"resume from {LATEST_NAME}")
+        saved = checkpoint["config"]
+        ours = self.config.to_dict()
+        changed = sorted(k for k in set(saved["model"]) | set(ours["model"]) if saved["model"].get(k) != ours["model"].get(k))
+        if changed:
+            raise ConfigError(f"cannot resume {path}: model config differs in {', '.join('model.' + k for k in changed)}")
+        if checkpoint.get("tokenizer_sha256") != tokenizer_sha256(self.tokenizer):
+            raise ConfigError(f"cannot resume {path}: it was trained with a different tokenizer than {self.config.data.tokenizer}")
+        others = [f"{s}.{k}" for s in ours if s != "model" for k in ours[s] if saved.get(s, {}).get(k, ours[s][k]) != ours[s][k]]
+        if others:
+            self.warn(f"resuming with changed settings: {', '.join(others)}")
+        self.model.load_state_dict(checkpoint["model_state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        try:
+            self.batches.load_state_dict(state["data"])
+        except ValueError as exc:
+            raise ConfigError(f"cannot resume {path}: {exc}") from None
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.best_val_loss = float(state["best_val_loss"])
+        self.best = BestCheckpoints(self.output_dir, self.config.training.keep_best, state["best_checkpoints"])
+        self.evals_without_improvement = int(state["evals_without_improvement"])
+        self.last_eval = dict(state["last_eval"])
+        self.last_train_loss = state["last_train_loss"]
+        ranks = state["ranks"]
+        if len(ranks) != self.info.world_size:
+            self.warn(f"checkpoint was written by {len(ranks)} process(es), resuming with "
+                      f"{self.info.world_size}: random streams will differ from an uninterrupted run")
+        mine = ranks[self.info.rank % len(ranks)]
+        restore_rng_state(mine["rng"])
+        self.loss_sum.fill_(mine["loss_sum"])
+        self.loss_steps = int(mine["loss_steps"])
+        self.log(f"resumed from {path} at step {self.step}")
+
+    # ------------------------------------------------------------------------------------------
+    # Output
+
+    def result(self, stop_reason: str, exit_code: int) -> TrainResult:
+        best = min((ppl for ppl, _ in self.best.entries), default=None)
+        return TrainResult(self.step, self.total_steps, stop_reason, exit_code, self.output_dir, best,
+                           self.last_train_loss)
+
+    def make_progress_bar(self) -> tqdm | None:
+        show = self.config.logging.progress_bar
+        if show is None:
+            show = sys.stderr.isatty()
+        if not (show and self.info.is_main):
+            return None
+        return tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True, desc="training")
+
+    def log_setup(self, resume_path: Path | None) -> None:
+        cfg = self.config.training
+        compile_state = "on" if self.compile_pending else "off"
+        self.log(
+            f"device {self.device} | precision {self.precision.name} | compile {compile_state} | "
+            f"processes {self.info.world_size}"
+        )
+        self.log(
+            f"model {self.model.num_parameters():,} parameters | context {self.seq_len} | "
+            f"vocab {self.config.model.vocab_size}"
+        )
+        self.log(
+            f"train {self.data.train_description}: {self.data.train_tokens:,} tokens, "
+            f"{self.batches.batches_per_epoch:,} batches/epoch | val {self.data.val_description or 'none'}"
+        )
+        self.log(
+            f"batch {cfg.batch_size} x accum {cfg.grad_accum_steps} x {self.info.world_size} process(es) x "
+            f"{self.seq_len} = {self.tokens_per_step:,} tokens/step | {self.total_steps:,} steps | "
+            f"output {self.output_dir}"
+        )
+
+    def log(self, message: str) -> None:
+        if not self.info.is_main:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def warn(self, message: str) -> None:
+        self.log(f"warning: {message}")
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

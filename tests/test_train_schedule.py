@@ -1,0 +1,83 @@
+"""Learning-rate schedule shape, weight-decay groups, precision and compile choices."""
+
+import math
+
+import pytest
+import torch
+
+from src.model.transformer_block import WikiMiniModel
+from src.training.compile import compile_wanted
+from src.training.config import OptimizerConfig
+from src.training.optimizer import build_optimizer, parameter_groups
+from src.training.precision import bf16_supported, choose_precision
+from src.training.schedule import WarmupCosine
+from tests.conftest import tiny_model_config
+
+
+def test_linear_warmup_then_cosine_to_min_lr_without_restarts():
+    schedule = WarmupCosine(max_lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=111)  # decay over steps 10..110
+    lrs = [schedule(step) for step in range(111)]
+    warmup = lrs[:10]
+    assert warmup[0] == pytest.approx(1e-3 / 11) and all(b > a for a, b in zip(warmup, warmup[1:]))
+    assert all(b - a == pytest.approx(1e-3 / 11) for a, b in zip(warmup, warmup[1:]))  # linear
+    assert lrs[10] == pytest.approx(1e-3)  # the peak right after warmup
+    decay = lrs[10:]
+    assert all(b <= a for a, b in zip(decay, decay[1:]))  # monotone: no restarts
+    assert lrs[-1] == pytest.approx(1e-4)  # min_lr exactly at the last step
+    assert lrs[60] == pytest.approx((1e-3 + 1e-4) / 2)  # cosine: half way at the middle of the decay
+    assert lrs[35] == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi * 0.25)) * 9e-4)
+    assert min(decay) >= 1e-4 and max(lrs) <= 1e-3
+    assert schedule(500) == pytest.approx(1e-4)  # past the end: stays at min_lr
+
+
+def test_warmup_longer_than_the_run_stays_linear():
+    schedule = WarmupCosine(max_lr=1.0, min_lr=0.1, warmup_steps=100, total_steps=10)
+    lrs = [schedule(step) for step in range(10)]
+    assert lrs == pytest.approx([(s + 1) / 11 for s in range(10)])
+
+
+def test_weight_decay_only_on_matrices():
+    model = WikiMiniModel(tiny_model_config())
+    decay, no_decay = parameter_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith("norm.weight") for p in no_decay["params"])  # RMSNorm gains
+    assert any(names[id(p)] == "tok_embeddings.weight" for p in decay["params"])  # tied with the output
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    optimizer = build_optimizer(model, OptimizerConfig(betas=(0.9, 0.95)), torch.device("cpu"))
+    assert optimizer.defaults["betas"] == (0.9, 0.95) and not optimizer.defaults["fused"]
+
+
+def test_precision_choice():
+    cpu = torch.device("cpu")
+    expected = "bf16" if bf16_supported(cpu) else "fp32"
+    assert choose_precision("auto", cpu)[0].name == expected
+    assert choose_precision("fp32", cpu)[0].name == "fp32"
+    precision, warning = choose_precision("fp16", cpu)  # fp16 + loss scaling is for GPUs: fp32, with a warning
+    assert precision.name == "fp32" and "fp16" in warning
+    assert choose_precision("bf16", torch.device("mps"))[0].name == "fp32"
+    assert choose_precision("fp32", cpu)[0].grad_scaler() is None
+
+
+def test_precision_on_gpus_old_and_new(monkeypatch):
+    import src.training.precision as precision_module
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(precision_module, "bf16_supported", lambda device: True)
+    assert choose_precision("auto", cuda) == (precision_module.Precision("bf16", "cuda"), None)
+    monkeypatch.setattr(precision_module, "bf16_supported", lambda device: False)  # e.g. a V100 / T4
+    precision, warning = choose_precision("bf16", cuda)
+    assert precision.name == "fp16" and "fp16" in warning
+    assert choose_precision("auto", cuda)[1] is None
+
+
+def test_compile_on_by_default_only_for_cuda_on_linux(monkeypatch):
+    import src.training.compile as compile_module
+
+    assert not compile_wanted("auto", torch.device("cpu"))
+    assert compile_wanted(True, torch.device("cpu")) and not compile_wanted(False, torch.device("cuda"))
+    monkeypatch.setattr(compile_module.sys, "platform", "linux")
+    assert compile_wanted("auto", torch.device("cuda"))
+    monkeypatch.setattr(compile_module.sys, "platform", "win32")
+    assert not compile_wanted("auto", torch.device("cuda"))
