@@ -143,3 +143,19 @@ def test_bf16_distribution_weights_load_into_fp32(tmp_path, tokenizer, tiny_mode
     loaded = load_model(path)
     assert loaded.model.norm.weight.dtype == torch.float32
     torch.testing.assert_close(loaded.model.output.weight, tiny_model.output.weight.bfloat16().float())
+
+
+def test_compact_checkpoint_drops_training_state_and_halves_weights(tmp_path, tokenizer, tiny_model):
+    from src.model.checkpoint import compact_checkpoint
+
+    big = save_checkpoint(tmp_path / "big.pth", tiny_model, tokenizer, metrics={"val_ppl": 7.0},
+                          config={"training": {"lr": 0.1}},
+                          training_state={"optimizer": {"m": torch.zeros(50_000)}})
+    small = compact_checkpoint(big, tmp_path / "small.pth")
+    raw = torch.load(small, weights_only=True)
+    assert "training_state" not in raw and raw["metrics"] == {"val_ppl": 7.0}
+    assert raw["config"]["training"] == {"lr": 0.1}
+    assert raw["model_state_dict"]["output.weight"].dtype == torch.bfloat16
+    assert small.stat().st_size < big.stat().st_size / 2
+    x = torch.randint(0, 384, (1, 12))
+    assert (load_model(small).model(x) - tiny_model(x)).abs().max().item() < 0.05

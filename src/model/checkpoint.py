@@ -226,6 +226,20 @@ def load_model(
     )
 
 
+def compact_checkpoint(source: str | Path, output: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """An inference-only copy: weights in `dtype`, no optimizer or training state.
+
+    Used to ship small checkpoints (the bundled demo model); it loads like any other.
+    """
+    checkpoint = load_checkpoint(source)
+    loaded = load_model(source)
+    metrics = dict(checkpoint.get("metrics") or {})
+    config = {k: v for k, v in checkpoint["config"].items() if k != "model"}
+    eos = checkpoint.get("eos_token", EOS_TOKEN)
+    return save_checkpoint(output, loaded.model, loaded.tokenizer, config=config, metrics=metrics,
+                           weights_dtype=dtype, eos_token=eos)
+
+
 def find_best_checkpoint(directory: str | Path) -> Path | None:
     """The `checkpoint_best_ppl_*.pth` with the lowest perplexity in `directory`, if any."""
     directory = Path(directory)
