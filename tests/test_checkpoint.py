@@ -157,5 +157,7 @@ def test_compact_checkpoint_drops_training_state_and_halves_weights(tmp_path, to
     assert raw["config"]["training"] == {"lr": 0.1}
     assert raw["model_state_dict"]["output.weight"].dtype == torch.bfloat16
     assert small.stat().st_size < big.stat().st_size / 2
+    state = raw["model_state_dict"]  # the tied embedding is stored once
+    assert state["output.weight"].untyped_storage().data_ptr() == state["tok_embeddings.weight"].untyped_storage().data_ptr()
     x = torch.randint(0, 384, (1, 12))
     assert (load_model(small).model(x) - tiny_model(x)).abs().max().item() < 0.05

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,6 +28,7 @@ import torch
 from tokenizers import Tokenizer
 
 from src.config_utils import ConfigError
+from src.data.atomic_files import atomic_output
 from src.data.tokenizer import (
     EOS_TOKEN,
     TokenizerError,
@@ -82,22 +82,15 @@ def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over the target.
+    """Write to a temp file beside `path`, fsync, then rename over it.
 
     A crash or Ctrl-C mid-write leaves the previous file intact, never a half-written one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(
@@ -119,9 +112,18 @@ def save_checkpoint(
     inner = getattr(model, "_orig_mod", model)
     inner = getattr(inner, "module", inner)
     state = clean_state_dict(inner.state_dict())
-    if weights_dtype is not None:
-        state = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in state.items()}
-    state = {k: v.detach().cpu() for k, v in state.items()}
+    converted: dict[tuple, torch.Tensor] = {}  # tied weights stay one tensor after conversion
+
+    def portable(tensor: torch.Tensor) -> torch.Tensor:
+        key = (tensor.data_ptr(), tensor.shape, tensor.dtype)
+        if key not in converted:
+            out = tensor.detach()
+            if weights_dtype is not None and out.is_floating_point():
+                out = out.to(weights_dtype)
+            converted[key] = out.cpu()
+        return converted[key]
+
+    state = {k: portable(v) for k, v in state.items()}
     full_config = {k: v for k, v in dict(config or {}).items() if k != "model"}
     full_config = {"model": inner.config.to_dict(), **full_config}
     checkpoint = {
