@@ -15,7 +15,9 @@ different vocabularies.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -60,17 +62,31 @@ class HeldOutResult:
 
 @torch.inference_mode()
 def sum_nats(
-    model: WikiMiniModel, tokens: np.ndarray, seq_len: int, batch_size: int, show_progress: bool = True
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    seq_len: int,
+    batch_size: int,
+    show_progress: bool = True,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[float, int, int]:
-    """(total nats, predicted tokens, windows) over all validation windows of `tokens`."""
-    device = model.tok_embeddings.weight.device
+    """(total nats, predicted tokens, windows) over all validation windows of `tokens`.
+
+    The evaluators and the trainer's periodic validation both use this. With world_size > 1
+    this rank scores every world_size-th batch; the caller sums the three numbers over ranks.
+    """
+    device = next(model.parameters()).device
     total_nats, predicted, windows = 0.0, 0, 0
     batches = validation_batches(tokens, seq_len, batch_size)
     total_batches = math.ceil(math.ceil((len(tokens) - 1) / seq_len) / batch_size)
     progress = tqdm(batches, total=total_batches, desc="held-out loss", unit="batch", leave=False,
                     disable=None if show_progress else True)  # None: shown on a terminal only
-    for x, y in progress:
-        _, mean_loss = model(x.to(device), y.to(device))
+    for index, (x, y) in enumerate(progress):
+        if index % world_size != rank:
+            continue
+        with autocast():
+            _, mean_loss = model(x.to(device), y.to(device))
         count = int((y != IGNORE_INDEX).sum())
         total_nats += float(mean_loss) * count
         predicted += count

@@ -1,8 +1,9 @@
 """Validation during training: mean loss per predicted token, perplexity and bits per byte.
 
-Every evaluation scores the same windows in the same order (src.data.batches.validation_batches),
-so numbers are comparable across steps and runs. Under DDP each rank scores every
-world_size-th batch and the sums are added up, so the result does not depend on the rank count.
+Every evaluation scores the same windows in the same order (`sum_nats`, shared with
+evaluate_model.py), so numbers compare across steps, runs and the evaluator. Under DDP each
+rank scores every world_size-th batch and the sums are added up, so the result does not
+depend on the rank count.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from src.data.batches import IGNORE_INDEX, bits_per_byte, validation_batches
+from src.data.batches import bits_per_byte
+from src.evaluation.heldout import sum_nats
 from src.training.distributed import DistInfo, all_reduce_sum
 from src.training.precision import Precision
 
@@ -29,7 +31,6 @@ class EvalResult:
         return math.exp(min(self.loss, 700.0))  # exp overflows float past ~709
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     tokens: np.ndarray,
@@ -42,18 +43,11 @@ def evaluate(
 ) -> EvalResult:
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=device)  # total nats, predicted tokens
-    for index, (x, y) in enumerate(validation_batches(tokens, seq_len, batch_size)):
-        if index % info.world_size != info.rank:
-            continue
-        x, y = x.to(device), y.to(device)
-        with precision.autocast():
-            _, loss = model(x, y)
-        count = (y != IGNORE_INDEX).sum()
-        sums[0] += loss.double() * count
-        sums[1] += count
-    all_reduce_sum(sums, info)
+    nats, count, _ = sum_nats(model, tokens, seq_len, batch_size, show_progress=False,
+                              autocast=precision.autocast, rank=info.rank, world_size=info.world_size)
     model.train(was_training)
+    sums = torch.tensor([nats, count], dtype=torch.float64, device=device)  # total nats, predicted tokens
+    all_reduce_sum(sums, info)
     nats, count = sums.tolist()
     mean = nats / count
     return EvalResult(loss=mean, bpb=bits_per_byte(mean, int(count), n_bytes))
