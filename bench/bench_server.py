@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Server under load: time to first token (p50/p95) and aggregate tokens/s at 1, 8 and 32
+concurrent streams against a live `run_ui.py` on a free loopback port.
+
+    python bench/bench_server.py [--checkpoint CKPT] [--streams 1 8 32] [--max-tokens 100]
+
+Uses the bundled demo model by default. Prints a Markdown table and JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "Once upon a time there was"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def one_stream(client: httpx.AsyncClient, url: str, seed: int, max_tokens: int) -> tuple[float, int]:
+    """(seconds to the first token event, tokens generated) for one /generate stream."""
+    body = {"prompt": PROMPT, "max_tokens": max_tokens, "seed": seed}
+    start = time.perf_counter()
+    first, tokens = None, 0
+    async with client.stream("POST", f"{url}/generate", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                break
+            event = json.loads(payload)
+            if "token" in event and first is None:
+                first = time.perf_counter() - start
+            if event.get("done"):
+                tokens = event["tokens"]
+            if "error" in event:
+                raise RuntimeError(event["error"])
+    return (first if first is not None else float("nan")), tokens
+
+
+async def load_level(url: str, streams: int, max_tokens: int) -> dict:
+    async with httpx.AsyncClient(timeout=300) as client:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one_stream(client, url, seed, max_tokens) for seed in range(streams)))
+        wall = time.perf_counter() - start
+    ttfts = [r[0] * 1000 for r in results]
+    tokens = sum(r[1] for r in results)
+    return {"streams": streams, "completed": len(results), "ttft_p50_ms": statistics.median(ttfts),
+            "ttft_p95_ms": percentile(ttfts, 0.95), "tokens": tokens, "aggregate_tok_s": tokens / wall, "wall_s": wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="default: the usual resolution (bundled demo model)")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--max-tokens", type=int, default=100)
+    parser.add_argument("--max-concurrent", type=int, default=32, help="the server's MAX_CONCURRENT")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    port = free_port()
+    command = [sys.executable, "run_ui.py", "--port", str(port), "--max-concurrent", str(args.max_concurrent),
+               "--max-queue", "64", "--device", args.device]
+    if args.checkpoint:
+        command += ["--checkpoint", args.checkpoint]
+    server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if server.poll() is not None:
+                sys.exit(f"run_ui.py exited: {server.stderr.read().decode()[-2000:]}")
+            try:
+                health = httpx.get(f"{url}/health", timeout=2).json()
+                break
+            except httpx.HTTPError:
+                if time.time() > deadline:
+                    sys.exit("run_ui.py did not start within 120 s")
+                time.sleep(0.3)
+        asyncio.run(load_level(url, 2, 10))  # warm-up
+        rows = [asyncio.run(load_level(url, n, args.max_tokens)) for n in args.streams]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    print(f"\nServer: {health['checkpoint']} ({health['parameters']:,} params) on {health['device']}, "
+          f"MAX_CONCURRENT {args.max_concurrent}, {args.max_tokens} max tokens per stream, {os.cpu_count()} CPU cores\n")
+    print("| streams | completed | TTFT p50 ms | TTFT p95 ms | aggregate tok/s |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['streams']} | {r['completed']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p95_ms']:.1f} | {r['aggregate_tok_s']:.1f} |")
+    print("\n" + json.dumps({"health": {k: health[k] for k in ("checkpoint", "device", "parameters")}, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
