@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from src.data.cache import DEFAULT_CACHE_DIR
-from src.device import DEVICE_CHOICES
+from src.device import DEVICE_CHOICES, PRECISION_CHOICES
 from src.evaluation.evaluate import EvaluateOptions, run
 from src.evaluation.heldout import DEFAULT_VALIDATION_SOURCE
 from src.generation.presets import DEFAULT_PRESET, PRESETS
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="sample i of each prompt uses seed + i (default 42)")
     p.add_argument("--max-tokens", type=int, default=200, help="new tokens per sample at most (default 200)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="weights: auto, fp32, bf16 or int8 (CPU); see generate.py --help")
     p.add_argument("--json", metavar="OUT", help="write every number and every sample to this JSON file")
     return p
 
@@ -60,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         max_new_tokens=args.max_tokens,
         device=args.device,
+        precision=args.precision,
         json_path=args.json,
     )
     return run(options)

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from src.device import DEVICE_CHOICES
+from src.device import DEVICE_CHOICES, PRECISION_CHOICES
 from src.evaluation.compare import DEFAULT_OUT_DIR, CompareOptions, run
 from src.generation.presets import PRESETS
 
@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="sample i of each prompt uses seed + i (default 42)")
     p.add_argument("--max-tokens", type=int, default=200, help="new tokens per sample at most (default 200)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="weights: auto, fp32, bf16 or int8 (CPU); see generate.py --help")
     p.add_argument("--out-dir", default=DEFAULT_OUT_DIR, help=f"where the reports go (default {DEFAULT_OUT_DIR})")
     return p
 
@@ -45,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         max_new_tokens=args.max_tokens,
         device=args.device,
+        precision=args.precision,
         out_dir=args.out_dir,
     )
     return run(options)

@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Batch-1 generation speed: our KV-cached engine vs a no-cache loop vs transformers' generate().
+"""Batch-1 generation speed: our engine vs transformers' generate() vs a loop without KV cache.
 
-Same weights everywhere (random init: speed does not depend on training). Prints a Markdown
-table and JSON. Example:
+Same weights everywhere (random init of the chosen shapes: speed does not depend on training;
+HF gets them through our export). Every engine makes exactly --new-tokens tokens (no EOS stop).
+Our engine runs at each weight precision it supports here (fp32, bf16, and int8 weights with
+bf16 activations on CPU); HF generate() runs in fp32 (its CPU default) and bf16; the no-cache
+loop re-runs the whole context each token at the precision `auto` picks. Prints a Markdown
+table and JSON.
 
-    python bench/bench_generation.py --new-tokens 256 --repeats 3
+    python bench/bench_generation.py                       # 24.5M reference shapes, 256 tokens
+    python bench/bench_generation.py --config demo --repeats 2
 """
 
 from __future__ import annotations
@@ -21,29 +26,71 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.data.tokenizer import train_bpe_tokenizer  # noqa: E402
-from src.device import resolve_device  # noqa: E402
+from src.device import inference_precision, resolve_device  # noqa: E402
 from src.generation import Generator, SamplingParams  # noqa: E402
-from src.generation.sampling import sample_next_token  # noqa: E402
+from src.generation.sampling import RowSettings, sample_tokens, seen_mask  # noqa: E402
 from src.model import ModelConfig, WikiMiniModel  # noqa: E402
 from src.model.hf_convert import to_hf_model  # noqa: E402
+from src.model.quantize import quantize_int8  # noqa: E402
 
 PROMPT = "Once upon a time there was a little girl named Lily. She"
+CONFIGS = {
+    "reference": ModelConfig(),
+    "demo": ModelConfig(vocab_size=4096, d_model=256, n_layers=6, n_heads=8, d_ffn=768, max_seq_len=256),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_model(config: ModelConfig, precision: str, device: torch.device) -> WikiMiniModel:
+    torch.manual_seed(0)
+    model = WikiMiniModel(config).to(device=device, dtype=DTYPES[precision]).eval()
+    return quantize_int8(model) if precision == "int8" else model
 
 
 @torch.inference_mode()
-def no_cache_loop(model, prompt_ids, params, n_new, seed):
+def no_cache_loop(model, prompt_ids, params, n_new, seed, ttft):
     """The naive loop: re-run the whole context for every new token."""
-    rng = torch.Generator(device=model.tok_embeddings.weight.device)
-    rng.manual_seed(seed)
-    ids = torch.tensor([prompt_ids], device=model.tok_embeddings.weight.device)
-    for _ in range(n_new):
+    device = model.tok_embeddings.weight.device
+    rows, rngs = RowSettings.of([params], device), [torch.Generator().manual_seed(seed)]
+    ids = torch.tensor([prompt_ids], device=device)
+    seen = seen_mask(ids[:, 1:], model.config.vocab_size)
+    start = time.perf_counter()
+    for i in range(n_new):
         logits = model(ids[:, -model.config.max_seq_len:], last_logits_only=True)[:, -1]
-        token = sample_next_token(logits, ids, params, rng)
+        token = sample_tokens(logits, rows, rngs, seen)
+        seen[0, token] = True
         ids = torch.cat((ids, token[:, None]), dim=1)
+        if i == 0:
+            ttft.append(time.perf_counter() - start)
     return ids
 
 
-def timed(fn, repeats, sync):
+class FirstTokenTimer:
+    """A generate() streamer that notes when the first new token arrives (its first put is the prompt)."""
+
+    def __init__(self) -> None:
+        self.puts, self.start, self.first = 0, time.perf_counter(), None
+
+    def put(self, value) -> None:
+        self.puts += 1
+        if self.puts == 2 and self.first is None:
+            self.first = time.perf_counter() - self.start
+
+    def end(self) -> None:
+        pass
+
+
+def timed(fn, repeats, sync) -> float:
     best = float("inf")
     for _ in range(repeats):
         sync()
@@ -56,66 +103,92 @@ def timed(fn, repeats, sync):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="reference")
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="best of N for ours and HF")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-no-cache", action="store_true")
     parser.add_argument("--skip-hf", action="store_true")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    torch.manual_seed(0)
+    config = CONFIGS[args.config]
+    auto = inference_precision(device, "auto")
+    ours_precisions = ["fp32", "bf16"] + (["int8"] if device.type == "cpu" else [])
     tokenizer = train_bpe_tokenizer([PROMPT] * 10, vocab_size=300, min_frequency=1)
-    config = ModelConfig()  # the 24.5M reference shapes
-    model = WikiMiniModel(config).to(device=device, dtype=dtype).eval()
-    generator = Generator(model, tokenizer)
-    prompt_ids = generator.encode_prompt(PROMPT)
-    full_prompt = generator.story_prefix + prompt_ids
     n = args.new_tokens
+    modes = {
+        "greedy": SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=n, stop_at_eos=False, seed=0),
+        "balanced": SamplingParams(max_new_tokens=n, stop_at_eos=False, seed=0),
+    }
     rows = []
 
-    for mode, params in (
-        ("greedy", SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=n, stop_at_eos=False, seed=0)),
-        ("balanced", SamplingParams(max_new_tokens=n, stop_at_eos=False, seed=0)),
-    ):
-        generator.generate(PROMPT, params.replace(max_new_tokens=8))  # warm-up
-        ttft = []
+    for precision in ours_precisions:
+        generator = Generator(build_model(config, precision, device), tokenizer)
+        for mode, params in modes.items():
+            generator.generate(PROMPT, params.replace(max_new_tokens=8))  # warm-up
+            ttft = []
 
-        def ours():
-            result = generator.generate(PROMPT, params)
-            ttft.append(result.time_to_first_token)
+            def ours():
+                ttft.append(generator.generate(PROMPT, params).time_to_first_token)
 
-        row = {"mode": mode, "ours_tok_s": n / timed(ours, args.repeats, sync), "ours_ttft_ms": 1000 * min(ttft)}
-        if not args.skip_no_cache:
-            no_cache_loop(model, full_prompt, params, 8, 0)  # warm-up
-            row["no_cache_tok_s"] = n / timed(lambda: no_cache_loop(model, full_prompt, params, n, 0), 1, sync)
-        if not args.skip_hf:
-            hf = to_hf_model(model, tokenizer)
+            rows.append({"mode": mode, "engine": "ours", "precision": precision,
+                         "tok_s": n / timed(ours, args.repeats, sync), "ttft_ms": 1000 * min(ttft)})
+    full_prompt = generator.story_prefix + generator.encode_prompt(PROMPT)
+
+    if not args.skip_hf:
+        for precision in ("fp32", "bf16"):
+            hf = to_hf_model(build_model(config, precision, device), tokenizer).to(DTYPES[precision]).eval()
             hf.generation_config.pad_token_id = 1
-            kwargs = dict(max_new_tokens=n, min_new_tokens=n, attention_mask=torch.ones(1, len(full_prompt), dtype=torch.long, device=device))
-            if mode == "greedy":
-                kwargs.update(do_sample=False)
-            else:
-                kwargs.update(do_sample=True, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                              repetition_penalty=params.repetition_penalty)
             ids = torch.tensor([full_prompt], device=device)
-            with torch.inference_mode():
-                hf.generate(ids, **{**kwargs, "max_new_tokens": 8, "min_new_tokens": 8})
-                row["hf_generate_tok_s"] = n / timed(lambda: hf.generate(ids, **kwargs), args.repeats, sync)
-        rows.append(row)
+            for mode, params in modes.items():
+                kwargs = dict(max_new_tokens=n, min_new_tokens=n, attention_mask=torch.ones_like(ids))
+                if mode == "greedy":
+                    kwargs.update(do_sample=False)
+                else:
+                    kwargs.update(do_sample=True, temperature=params.temperature, top_k=params.top_k,
+                                  top_p=params.top_p, repetition_penalty=params.repetition_penalty)
+                ttft = []
 
-    print(f"\nGeneration, batch 1, {n} new tokens, 24.5M reference config, {device} {str(dtype).split('.')[-1]}, "
-          f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads\n")
-    print("| mode | ours tok/s | ours TTFT ms | HF generate tok/s | no-cache tok/s | ours/HF | ours/no-cache |")
-    print("|---|---|---|---|---|---|---|")
+                def theirs():
+                    timer = FirstTokenTimer()
+                    hf.generate(ids, streamer=timer, **kwargs)
+                    ttft.append(timer.first)
+
+                with torch.inference_mode():
+                    hf.generate(ids, **{**kwargs, "max_new_tokens": 8, "min_new_tokens": 8})  # warm-up
+                    seconds = timed(theirs, args.repeats, sync)
+                rows.append({"mode": mode, "engine": "hf_generate", "precision": precision, "tok_s": n / seconds,
+                             "ttft_ms": 1000 * min(ttft)})
+
+    if not args.skip_no_cache:
+        model = build_model(config, auto, device)
+        for mode, params in modes.items():
+            ttft = []
+            no_cache_loop(model, full_prompt, params, 4, 0, [])  # warm-up
+            seconds = timed(lambda: no_cache_loop(model, full_prompt, params, n, 0, ttft), 1, sync)
+            rows.append({"mode": mode, "engine": "no_cache_loop", "precision": auto, "tok_s": n / seconds,
+                         "ttft_ms": 1000 * min(ttft)})
+
+    def find(mode, engine, precision):
+        return next((r["tok_s"] for r in rows if (r["mode"], r["engine"], r["precision"]) == (mode, engine, precision)), None)
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if a and b else "-"
+
+    print(f"\nGeneration, batch 1, {n} new tokens, {args.config} config ({build_model(config, 'fp32', 'cpu').num_parameters():,} params), "
+          f"{device}, torch {torch.__version__}, {cpu_name()}, {torch.get_num_threads()} threads; auto precision here: {auto}\n")
+    print("| mode | engine | precision | tok/s | TTFT ms | vs HF fp32 | vs HF same precision | vs no-cache loop |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        hf_ratio = r["ours_tok_s"] / r["hf_generate_tok_s"] if "hf_generate_tok_s" in r else float("nan")
-        nc_ratio = r["ours_tok_s"] / r["no_cache_tok_s"] if "no_cache_tok_s" in r else float("nan")
-        print(f"| {r['mode']} | {r['ours_tok_s']:.1f} | {r['ours_ttft_ms']:.1f} | {r.get('hf_generate_tok_s', float('nan')):.1f} "
-              f"| {r.get('no_cache_tok_s', float('nan')):.1f} | {hf_ratio:.2f}x | {nc_ratio:.2f}x |")
-    print("\n" + json.dumps({"device": str(device), "new_tokens": n, "rows": rows}, indent=1))
+        same = find(r["mode"], "hf_generate", "bf16" if r["precision"] == "int8" else r["precision"])
+        print(f"| {r['mode']} | {r['engine']} | {r['precision']} | {r['tok_s']:.1f} | {r['ttft_ms']:.1f} "
+              f"| {ratio(r['tok_s'], find(r['mode'], 'hf_generate', 'fp32'))} | {ratio(r['tok_s'], same)} "
+              f"| {ratio(r['tok_s'], find(r['mode'], 'no_cache_loop', auto))} |")
+    print("\n(int8 is compared with HF bf16 in the 'same precision' column: both run bf16 activations.)")
+    print("\n" + json.dumps({"config": args.config, "device": str(device), "auto_precision": auto, "new_tokens": n,
+                             "cpu": cpu_name(), "threads": torch.get_num_threads(), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -4,18 +4,40 @@ import pytest
 import torch
 
 from src.generation import PRESETS, Generator, SamplingParams
-from src.generation.sampling import apply_repetition_penalty, apply_top_k, apply_top_p, process_logits
+from src.generation.sampling import (
+    RowSettings,
+    apply_repetition_penalty,
+    candidates,
+    process_logits,
+    sample_tokens,
+    seen_mask,
+)
 from src.model import WikiMiniModel
 from tests.conftest import tiny_model_config
 
 logits_process = pytest.importorskip("transformers.generation.logits_process")
 
 
+def hf_pipeline(params: SamplingParams):
+    return logits_process.LogitsProcessorList([
+        logits_process.RepetitionPenaltyLogitsProcessor(params.repetition_penalty),
+        logits_process.TemperatureLogitsWarper(params.temperature),
+        *([logits_process.TopKLogitsWarper(params.top_k)] if params.top_k > 0 else []),
+        *([logits_process.TopPLogitsWarper(params.top_p)] if params.top_p < 1 else []),
+    ])
+
+
+def assert_same_filter(ours, theirs):
+    assert torch.equal(ours == float("-inf"), theirs == float("-inf"))
+    finite = ours > float("-inf")
+    torch.testing.assert_close(ours[finite], theirs[finite])
+
+
 def test_repetition_penalty_matches_hf_and_always_discourages_repeats():
     torch.manual_seed(0)
     logits = torch.randn(3, 50) * 3
     context = torch.randint(0, 50, (3, 12))
-    ours = apply_repetition_penalty(logits, context, 1.3)
+    ours = apply_repetition_penalty(logits, seen_mask(context, 50), torch.full((3, 1), 1.3))
     theirs = logits_process.RepetitionPenaltyLogitsProcessor(1.3)(context, logits.clone())
     torch.testing.assert_close(ours, theirs)
     for row in range(3):
@@ -29,18 +51,21 @@ def test_repetition_penalty_matches_hf_and_always_discourages_repeats():
 @pytest.mark.parametrize("top_k", [1, 5, 49])
 def test_top_k_matches_hf(top_k):
     logits = torch.randn(4, 50)
+    params = SamplingParams(temperature=1.0, top_k=top_k, top_p=1.0, repetition_penalty=1.0)
+    ours = process_logits(logits, seen_mask(torch.zeros(4, 0, dtype=torch.long), 50), params)
     theirs = logits_process.TopKLogitsWarper(top_k)(None, logits.clone())
-    torch.testing.assert_close(apply_top_k(logits, top_k), theirs)
-    assert (apply_top_k(logits, top_k) > float("-inf")).sum(-1).tolist() == [top_k] * 4
+    assert_same_filter(ours, theirs)
+    assert (ours > float("-inf")).sum(-1).tolist() == [top_k] * 4
 
 
 @pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.95])
 def test_top_p_matches_hf(top_p):
     torch.manual_seed(1)
     logits = torch.randn(4, 200) * 2
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=top_p, repetition_penalty=1.0)
+    ours = process_logits(logits, seen_mask(torch.zeros(4, 0, dtype=torch.long), 200), params)
     theirs = logits_process.TopPLogitsWarper(top_p)(None, logits.clone())
-    ours = apply_top_p(logits, top_p)
-    assert torch.equal(ours == float("-inf"), theirs == float("-inf"))
+    assert_same_filter(ours, theirs)
 
 
 def test_process_logits_matches_hf_pipeline_order():
@@ -48,17 +73,55 @@ def test_process_logits_matches_hf_pipeline_order():
     logits = torch.randn(2, 100) * 2
     context = torch.randint(0, 100, (2, 10))
     params = SamplingParams(temperature=0.7, top_k=40, top_p=0.9, repetition_penalty=1.3)
-    hf = logits_process.LogitsProcessorList([
-        logits_process.RepetitionPenaltyLogitsProcessor(1.3),
-        logits_process.TemperatureLogitsWarper(0.7),
-        logits_process.TopKLogitsWarper(40),
-        logits_process.TopPLogitsWarper(0.9),
-    ])
-    theirs = hf(context, logits.clone())
-    ours = process_logits(logits, context, params)
-    assert torch.equal(ours == float("-inf"), theirs == float("-inf"))
-    finite = ours > float("-inf")
-    torch.testing.assert_close(ours[finite], theirs[finite])
+    theirs = hf_pipeline(params)(context, logits.clone())
+    assert_same_filter(process_logits(logits, seen_mask(context, 100), params), theirs)
+
+
+def test_each_row_of_a_mixed_batch_is_filtered_with_its_own_settings():
+    """The server decodes requests with different settings together; each row must match HF alone."""
+    torch.manual_seed(3)
+    vocab = 120
+    logits = torch.randn(4, vocab) * 2
+    context = torch.randint(0, vocab, (4, 15))
+    params = [
+        SamplingParams(temperature=0.7, top_k=40, top_p=0.9, repetition_penalty=1.3),
+        SamplingParams(temperature=1.3, top_k=0, top_p=0.5, repetition_penalty=1.0),
+        SamplingParams(temperature=0.9, top_k=5, top_p=1.0, repetition_penalty=2.0),
+        SamplingParams(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.1),
+    ]
+    rows = RowSettings.of(params)
+    penalized = apply_repetition_penalty(logits, seen_mask(context, vocab), rows.penalty)
+    values, ids = candidates(penalized, rows)
+    ours = torch.full_like(logits, float("-inf")).scatter(-1, ids, values)
+    for row, p in enumerate(params):
+        theirs = hf_pipeline(p)(context[row:row + 1], logits[row:row + 1].clone())
+        assert_same_filter(ours[row:row + 1], theirs)
+
+
+def test_draws_follow_the_filtered_distribution():
+    """Inverse-CDF draws: empirical frequencies match softmax of the filtered logits."""
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+    params = SamplingParams(temperature=1.0, top_k=4, top_p=1.0, repetition_penalty=1.0)
+    rows = RowSettings.of([params])
+    rng = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_tokens(logits, rows, [rng]) for _ in range(4000)]).flatten()
+    counts = torch.bincount(draws, minlength=6).float() / 4000
+    expected = logits[0, :4].softmax(-1)
+    assert counts[4:].sum() == 0  # filtered tokens never drawn
+    assert (counts[:4] - expected).abs().max() < 0.03
+
+
+def test_a_rows_draws_do_not_depend_on_its_batch_mates():
+    torch.manual_seed(4)
+    logits = torch.randn(3, 80)
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0)
+    alone = [sample_tokens(logits[1:2], RowSettings.of([params]), [torch.Generator().manual_seed(9)])]
+    gens = [torch.Generator().manual_seed(s) for s in (1, 9, 2)]
+    together = sample_tokens(logits, RowSettings.of([params, params.replace(temperature=0.0), params]), gens)
+    assert int(alone[0]) != -1 and together[1] == logits[1].argmax()  # the greedy row ignores its draw
+    gens = [torch.Generator().manual_seed(s) for s in (1, 9, 2)]
+    together = sample_tokens(logits, RowSettings.of([params] * 3), gens)
+    assert int(together[1]) == int(alone[0][0])
 
 
 def test_presets_are_the_seed_values():

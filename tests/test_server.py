@@ -87,16 +87,17 @@ def test_prompt_longer_than_context_is_422(client):
 
 
 def test_error_mid_stream_is_reported_then_DONE(client, monkeypatch):
-    generator = client.app.state.generator
-    real_iter = generator.iter_token_ids
+    batch = client.app.state.scheduler.batch
+    real_step = batch.step
+    calls = []
 
-    def failing(prompt_ids, params, seed):
-        for i, token in enumerate(real_iter(prompt_ids, params, seed)):
-            if i == 3:
-                raise RuntimeError("simulated failure")
-            yield token
+    def failing():
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("simulated failure")
+        return real_step()
 
-    monkeypatch.setattr(generator, "iter_token_ids", failing)
+    monkeypatch.setattr(batch, "step", failing)
     events = stream_events(client, {"prompt": "Once", "max_tokens": 50, "seed": 1})
     assert events[-1] == "[DONE]"
     assert events[-2] == {"error": "RuntimeError: simulated failure"}

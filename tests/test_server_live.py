@@ -9,6 +9,7 @@ import httpx
 import pytest
 import uvicorn
 
+from src.generation import PRESETS, Generator
 from src.model.checkpoint import load_model
 from src.server.app import create_app
 from src.server.settings import ServerSettings
@@ -63,24 +64,28 @@ def test_16_concurrent_streams_all_complete(loaded):
 
         results = asyncio.run(all_streams())
         assert len(results) == 16
-        for events in results:
+        generator = Generator.from_loaded(loaded)
+        for seed, events in enumerate(results):
             assert events[-1] == "[DONE]" and events[-2]["done"] is True
+            # decoded in a batch with the others, each story is the one it would be alone
+            alone = generator.generate("Once upon a time", PRESETS["balanced"].replace(max_new_tokens=30, seed=seed))
+            assert "".join(e["token"] for e in events if "token" in e) == alone.text
         assert httpx.get(f"{live.url}/health").json()["active_generations"] == 0
 
 
 def test_disconnect_frees_the_slot_and_queue_overflow_is_503(loaded):
     app = create_app(loaded, ServerSettings(max_concurrent=1, max_queue=1))
-    generator = app.state.generator
-    real_iter = generator.iter_token_ids
+    batch = app.state.scheduler.batch
+    real_step = batch.step
     decoded = []
 
-    def slow_iter(prompt_ids, params, seed):  # 20 ms per token: a long story holds its slot
-        for token in real_iter(prompt_ids, params, seed):
-            time.sleep(0.02)
-            decoded.append(token)
-            yield token
+    def slow_step():  # 20 ms per token: a long story holds its slot
+        time.sleep(0.02)
+        emitted = real_step()
+        decoded.extend(token for _, token in emitted)
+        return emitted
 
-    generator.iter_token_ids = slow_iter
+    batch.step = slow_step
     with LiveServer(app) as live:
         long_body = {"prompt": "Once", "max_tokens": 1000, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
                      "repetition_penalty": 1.0, "seed": 0}
@@ -105,7 +110,7 @@ def test_disconnect_frees_the_slot_and_queue_overflow_is_503(loaded):
         assert health["active_generations"] == 0 and health["queued"] == 0
         decoded_after_disconnect = len(decoded)
         time.sleep(0.3)
-        assert len(decoded) == decoded_after_disconnect < 300  # decoding really stopped
+        assert 0 < len(decoded) == decoded_after_disconnect < 300  # decoding really stopped
         start = time.time()
         with httpx.stream("POST", f"{live.url}/generate", json={"prompt": "Once", "max_tokens": 5, "seed": 1}, timeout=30) as nxt:
             events = parse_sse(nxt.iter_lines())

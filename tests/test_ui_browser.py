@@ -24,15 +24,14 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networkin
 
 def test_page_streams_a_story_and_stop_aborts(tiny_checkpoint, tmp_path):
     app = create_app(load_model(tiny_checkpoint))
-    generator = app.state.generator
-    real_iter = generator.iter_token_ids
+    batch = app.state.scheduler.batch
+    real_step = batch.step
 
-    def slow_iter(prompt_ids, params, seed):
-        for token in real_iter(prompt_ids, params, seed):
-            time.sleep(0.03)
-            yield token
+    def slow_step():  # slow decoding down so the page can be seen mid-stream
+        time.sleep(0.03)
+        return real_step()
 
-    generator.iter_token_ids = slow_iter
+    batch.step = slow_step
     with LiveServer(app) as live, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 760})

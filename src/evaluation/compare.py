@@ -38,6 +38,7 @@ class CompareOptions:
     seed: int = 42
     max_new_tokens: int = 200
     device: str = "auto"
+    precision: str = "auto"  # weight format, see src.device.inference_precision
     out_dir: str = DEFAULT_OUT_DIR
 
     def check(self) -> None:
@@ -55,7 +56,7 @@ def compare_presets(options: CompareOptions) -> dict[str, Any]:
     options.check()
     prompts = load_prompts(options.prompts_file)
     out_dir = Path(options.out_dir)  # created on the first write, so bad input leaves nothing behind
-    loaded = load_for_evaluation(options.checkpoint, options.device)
+    loaded = load_for_evaluation(options.checkpoint, options.device, options.precision)
     generator = Generator.from_loaded(loaded)
     warm_up(generator, prompts[0])
     started = time.perf_counter()

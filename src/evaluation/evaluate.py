@@ -31,6 +31,7 @@ class EvaluateOptions:
     seed: int = 42
     max_new_tokens: int = 200
     device: str = "auto"
+    precision: str = "auto"  # weight format, see src.device.inference_precision
     json_path: str | None = None
 
     def check(self) -> None:
@@ -47,7 +48,7 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     """Run the evaluation, print the summary, write the JSON if asked; return the document."""
     options.check()
     prompts = load_prompts(options.prompts_file)  # fail on a bad prompts file before any work
-    loaded = load_for_evaluation(options.checkpoint, options.device)
+    loaded = load_for_evaluation(options.checkpoint, options.device, options.precision)
     print(f"Model: {loaded.path} ({loaded.model.num_parameters():,} parameters, context {loaded.config.max_seq_len})")
     started = time.perf_counter()
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from src.data.cache import CacheError
 from src.data.sources import DataSourceError
 from src.data.tokenizer import TokenizerError
-from src.device import inference_dtype, resolve_device
+from src.device import inference_precision, resolve_device
 from src.evaluation.errors import EvaluationError
 from src.model.checkpoint import CheckpointError, LoadedModel, load_model, resolve_checkpoint_path
 
@@ -17,13 +17,14 @@ from src.model.checkpoint import CheckpointError, LoadedModel, load_model, resol
 INPUT_ERRORS = (CheckpointError, DataSourceError, CacheError, TokenizerError, EvaluationError, OSError)
 
 
-def load_for_evaluation(checkpoint: str | None, device_name: str) -> LoadedModel:
+def load_for_evaluation(checkpoint: str | None, device_name: str, precision: str = "auto") -> LoadedModel:
     """The checkpoint named by the flag, $CHECKPOINT_PATH, the best one in checkpoints/ or the demo."""
     try:
         device = resolve_device(device_name)
+        precision = inference_precision(device, precision)
     except ValueError as exc:
         raise EvaluationError(str(exc)) from None
-    return load_model(resolve_checkpoint_path(checkpoint), device=device, dtype=inference_dtype(device))
+    return load_model(resolve_checkpoint_path(checkpoint), device=device, precision=precision)
 
 
 def run_cli(task: Callable[[], object], prog: str) -> int:

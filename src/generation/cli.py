@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from src.device import DEVICE_CHOICES, inference_dtype, resolve_device
+from src.device import DEVICE_CHOICES, PRECISION_CHOICES, inference_precision, resolve_device
 from src.generation.engine import GenerationResult, Generator
 from src.generation.postprocess import postprocess
 from src.generation.presets import DEFAULT_PRESET, PRESETS, SamplingParams
@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=1)
     p.add_argument("--seed", type=int, help="seed for sample 1; sample i uses seed+i-1")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="weights: auto (GPU bf16; CPU with native bf16: int8 weights + bf16 activations; "
+                   "else fp32), fp32, bf16 or int8 (CPU only)")
     p.add_argument("--no-postprocess", "--no_postprocess", dest="postprocess", action="store_false",
                    help="print the raw model output (no whitespace/capital/punctuation clean-up)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated (raw text)")
@@ -103,11 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     try:
         device = resolve_device(args.device)
+        precision = inference_precision(device, args.precision)
     except ValueError as exc:
         parser.error(str(exc))
     try:
         path = resolve_checkpoint_path(args.checkpoint)
-        loaded = load_model(path, device=device, dtype=inference_dtype(device))
+        loaded = load_model(path, device=device, precision=precision)
     except CheckpointError as exc:
         print(f"generate.py: error: {exc}", file=sys.stderr)
         return 2

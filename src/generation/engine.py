@@ -1,7 +1,9 @@
 """The generation engine: KV-cached decoding with sampling, EOS stop, sliding context, streaming.
 
-One `Generator` wraps a read-only model and its tokenizer. Each call builds its own KV cache
-and random generator, so one Generator can serve concurrent requests from several threads.
+One `Generator` wraps a read-only model and its tokenizer. Each call decodes in its own
+DecodeBatch of one (own KV cache and random generator), so one Generator can serve concurrent
+requests from several threads; the server instead decodes concurrent requests together
+(`src/generation/scheduler.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from tokenizers import Tokenizer
 
 from src.data.tokenizer import EOS_TOKEN
 from src.generation.presets import SamplingParams
-from src.generation.sampling import sample_next_token
+from src.generation.batch import DecodeBatch, Request
 from src.generation.streaming import StreamDecoder
 from src.model.checkpoint import LoadedModel
 from src.model.transformer_block import WikiMiniModel
@@ -59,6 +61,47 @@ class GenerationStream:
         self._deltas.close()  # type: ignore[attr-defined]
 
 
+class TextAssembler:
+    """Token ids in, UTF-8-safe text deltas out; then the GenerationResult. Shared by the CLI
+    stream and the server, whichever thread produced the tokens."""
+
+    def __init__(self, tokenizer: Tokenizer, eos_id: int | None, prompt: str, prompt_tokens: int,
+                 params: SamplingParams, seed: int) -> None:
+        self.decoder = StreamDecoder(tokenizer)
+        self.eos_id, self.prompt, self.prompt_tokens = eos_id, prompt, prompt_tokens
+        self.params, self.seed = params, seed
+        self.generated: list[int] = []
+        self.finish_reason: str | None = None
+        self.start = time.perf_counter()
+        self.first_token_at: float | None = None
+
+    def push(self, token: int) -> str:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter() - self.start
+        if token == self.eos_id and self.params.stop_at_eos:
+            self.finish_reason = "eos"
+            return ""
+        self.generated.append(token)
+        if len(self.generated) >= self.params.max_new_tokens:
+            self.finish_reason = "length"
+        return self.decoder.push(token)
+
+    def flush(self) -> str:
+        return self.decoder.flush()
+
+    def result(self) -> GenerationResult:
+        return GenerationResult(
+            prompt=self.prompt,
+            text=self.decoder.text,
+            token_ids=list(self.generated),
+            finish_reason=self.finish_reason or "cancelled",
+            seed=self.seed,
+            prompt_tokens=self.prompt_tokens,
+            seconds=time.perf_counter() - self.start,
+            time_to_first_token=self.first_token_at or 0.0,
+        )
+
+
 class Generator:
     def __init__(self, model: WikiMiniModel, tokenizer: Tokenizer, eos_id: int | None = None) -> None:
         self.model = model.eval()
@@ -77,46 +120,22 @@ class Generator:
     def encode_prompt(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(prompt).ids
 
-    @torch.inference_mode()
+    def new_request(self, prompt_ids: list[int], params: SamplingParams, seed: int) -> Request:
+        """A request for a DecodeBatch: the story prefix, the prompt, the settings and the seed."""
+        return Request(self.story_prefix + list(prompt_ids), list(prompt_ids), params, seed)
+
     def iter_token_ids(self, prompt_ids: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
         """Yield sampled token ids one at a time, ending with EOS (if stop_at_eos) or at the limit.
 
         When the context fills up, the cache restarts from the most recent three quarters of
         the context, so output can run past `max_seq_len` without error.
         """
-        rng = torch.Generator(device=self.device)
-        rng.manual_seed(seed)
-        prefix = self.story_prefix
-        history = list(prompt_ids)  # what the repetition penalty looks at
-        keep = max(1, self.max_seq_len - self.max_seq_len // 4)
-        cache = self.model.new_kv_cache(batch_size=1)
-        penalty_ids = torch.tensor([history], dtype=torch.long, device=self.device)
-
-        def prefill() -> torch.Tensor:
-            cache.reset()
-            window = (prefix + history)[-keep:] if len(prefix) + len(history) > keep else prefix + history
-            if not window:
-                raise ValueError("cannot generate from an empty prompt with a tokenizer that has no EOS/BOS token")
-            ids = torch.tensor([window], dtype=torch.long, device=self.device)
-            return self.model(ids, kv_cache=cache, last_logits_only=True)[:, -1]
-
-        logits = prefill()
-        for step in range(params.max_new_tokens):
-            token = int(sample_next_token(logits, penalty_ids, params, rng)[0])
-            yield token
-            if token == self.eos_id and params.stop_at_eos:
-                return
-            if step == params.max_new_tokens - 1:
-                return
-            history.append(token)
-            penalty_ids = torch.cat(
-                (penalty_ids, torch.tensor([[token]], dtype=torch.long, device=self.device)), dim=1
-            )
-            if cache.length >= self.max_seq_len:
-                logits = prefill()
-            else:
-                next_ids = torch.tensor([[token]], dtype=torch.long, device=self.device)
-                logits = self.model(next_ids, kv_cache=cache, last_logits_only=True)[:, -1]
+        batch = DecodeBatch(self.model, self.eos_id, slots=1)
+        request = self.new_request(prompt_ids, params, seed)
+        batch.admit([request])
+        while request.finish_reason is None:
+            for _, token in batch.step():
+                yield token
 
     def stream(self, prompt: str, params: SamplingParams) -> GenerationStream:
         """Start generating; iterate the returned stream for text deltas."""
@@ -125,41 +144,25 @@ class Generator:
         stream = GenerationStream(iter(()))
 
         def deltas() -> Iterator[str]:
-            start = time.perf_counter()
-            first_token_at = None
-            decoder = StreamDecoder(self.tokenizer)
-            finish = "cancelled"
-            generated: list[int] = []
+            assembler = self.assembler(prompt, prompt_ids, params, seed)
             try:
                 for token in self.iter_token_ids(prompt_ids, params, seed):
-                    if first_token_at is None:
-                        first_token_at = time.perf_counter() - start
-                    if token == self.eos_id and params.stop_at_eos:
-                        finish = "eos"
-                        break
-                    generated.append(token)
-                    delta = decoder.push(token)
+                    delta = assembler.push(token)
                     if delta:
                         yield delta
-                else:
-                    finish = "length"
-                tail = decoder.flush()
+                    if assembler.finish_reason is not None:
+                        break
+                tail = assembler.flush()
                 if tail:
                     yield tail
             finally:
-                stream.result = GenerationResult(
-                    prompt=prompt,
-                    text=decoder.text,
-                    token_ids=generated,
-                    finish_reason=finish,
-                    seed=seed,
-                    prompt_tokens=len(prompt_ids),
-                    seconds=time.perf_counter() - start,
-                    time_to_first_token=first_token_at or 0.0,
-                )
+                stream.result = assembler.result()
 
         stream._deltas = deltas()
         return stream
+
+    def assembler(self, prompt: str, prompt_ids: list[int], params: SamplingParams, seed: int) -> TextAssembler:
+        return TextAssembler(self.tokenizer, self.eos_id, prompt, len(prompt_ids), params, seed)
 
     def generate(self, prompt: str, params: SamplingParams) -> GenerationResult:
         stream = self.stream(prompt, params)

@@ -1,65 +1,117 @@
-"""Turn next-token logits into a token: repetition penalty, temperature, top-k, top-p, draw.
+"""Turn next-token logits into tokens: repetition penalty, temperature, top-k, top-p, draw.
 
-The semantics match `transformers`' logits processors (tests compare against them):
-the repetition penalty divides positive logits and multiplies negative ones of every token
-already in the context, so repeated tokens always become less likely.
+Every row of a batch is its own request with its own settings and its own random generator,
+so the CLI (one row) and the server (many rows decoded together) share this one sampler.
+The semantics match `transformers`' logits processors, applied in the order
+RepetitionPenalty → Temperature → TopK → TopP (tests compare against them): the penalty divides
+positive logits and multiplies negative ones of every token already in the context, so repeated
+tokens always become less likely.
+
+Each row draws one uniform number from its own generator per token (inverse-CDF sampling), so a
+seeded request gives the same story whether it runs alone or beside others.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from src.generation.presets import SamplingParams
 
 
-def apply_repetition_penalty(logits: torch.Tensor, context_ids: torch.Tensor, penalty: float) -> torch.Tensor:
-    """logits (B, V); context_ids (B, T) of tokens seen so far (prompt and output)."""
-    if penalty == 1.0 or context_ids.numel() == 0:
-        return logits
-    seen = torch.gather(logits, 1, context_ids)
-    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
-    return logits.scatter(1, context_ids, seen)
+@dataclass
+class RowSettings:
+    """Per-row sampling settings as (n, 1) tensors, built once per batch composition."""
+
+    temperature: torch.Tensor
+    top_k: torch.Tensor  # 0 = off
+    top_p: torch.Tensor
+    penalty: torch.Tensor
+    all_greedy: bool
+    any_penalty: bool
+    max_top_k: int  # 0 when some row has top-k off: candidates are then the whole vocabulary
+
+    @classmethod
+    def of(cls, params: Sequence[SamplingParams], device: torch.device | str = "cpu") -> RowSettings:
+        def column(values, dtype=torch.float32):
+            return torch.tensor(values, dtype=dtype, device=device).view(-1, 1)
+
+        top_ks = [p.top_k for p in params]
+        return cls(
+            temperature=column([p.temperature for p in params]),
+            top_k=column(top_ks, torch.long),
+            top_p=column([p.top_p for p in params]),
+            penalty=column([p.repetition_penalty for p in params]),
+            all_greedy=all(p.temperature == 0 for p in params),
+            any_penalty=any(p.repetition_penalty != 1.0 for p in params),
+            max_top_k=0 if 0 in top_ks else max(top_ks),
+        )
 
 
-def apply_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Keep the k largest logits per row (ties at the k-th value are kept)."""
-    if top_k <= 0 or top_k >= logits.size(-1):
-        return logits
-    kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth_largest, float("-inf"))
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """logits (n, V); seen (n, V) bool marks tokens already in each row's context; penalty (n, 1)."""
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
 
 
-def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probability reaches top_p."""
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    # drop a token when the tokens before it already reach top_p (the top token always stays)
-    drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
-    drop = drop_sorted.scatter(-1, sorted_idx, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+def candidates(logits: torch.Tensor, rows: RowSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """(filtered scaled logits, token ids), both (n, C) sorted by logit, -inf where filtered out.
+
+    `logits` are already penalized. Candidates are the top max(top_k) tokens (the whole
+    vocabulary when a row has top-k off); within them each row keeps its own top-k (ties at the
+    k-th value kept, as transformers does) and then its own top-p nucleus.
+    """
+    scaled = logits / torch.where(rows.temperature > 0, rows.temperature, torch.ones_like(rows.temperature))
+    vocab = scaled.size(-1)
+    if 0 < rows.max_top_k < vocab:
+        values, ids = torch.topk(scaled, rows.max_top_k, dim=-1)
+    else:
+        values, ids = torch.sort(scaled, dim=-1, descending=True)
+    k = torch.where(rows.top_k > 0, rows.top_k, vocab).clamp(max=values.size(-1))
+    kth_value = values.gather(-1, k - 1)
+    values = values.masked_fill(values < kth_value, float("-inf"))
+    # top-p: drop a token when the more likely tokens before it already reach top_p (the top
+    # token always stays); probabilities are those after top-k, as in transformers
+    probs = values.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs
+    values = values.masked_fill(before >= rows.top_p, float("-inf"))
+    return values, ids
 
 
-def process_logits(logits: torch.Tensor, context_ids: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """The filtered, temperature-scaled logits that `sample_next_token` draws from."""
-    logits = apply_repetition_penalty(logits.float(), context_ids, params.repetition_penalty)
-    if params.temperature == 0:
-        return logits
-    logits = logits / params.temperature
-    logits = apply_top_k(logits, params.top_k)
-    return apply_top_p(logits, params.top_p)
-
-
-def sample_next_token(
+def sample_tokens(
     logits: torch.Tensor,
-    context_ids: torch.Tensor,
-    params: SamplingParams,
-    generator: torch.Generator | None = None,
+    rows: RowSettings,
+    generators: Sequence[torch.Generator],
+    seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Next token ids (B,) from last-position logits (B, V)."""
-    logits = process_logits(logits, context_ids, params)
+    """Next token ids (n,) from last-position logits (n, V); row i draws from `generators[i]`."""
+    logits = logits.float()
+    if rows.any_penalty and seen is not None:
+        logits = apply_repetition_penalty(logits, seen, rows.penalty)
+    greedy = logits.argmax(dim=-1)
+    if rows.all_greedy:
+        return greedy
+    values, ids = candidates(logits, rows)
+    cdf = values.softmax(dim=-1).cumsum(dim=-1)
+    uniforms = torch.cat([torch.rand(1, generator=g) for g in generators]).to(cdf.device)
+    position = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1)).clamp(max=cdf.size(-1) - 1)
+    sampled = ids.gather(-1, position).squeeze(-1)
+    return torch.where(rows.temperature.squeeze(-1) > 0, sampled, greedy)
+
+
+def process_logits(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The full-vocabulary logits one row set draws from (for tests and inspection)."""
+    rows = RowSettings.of([params] * logits.size(0), logits.device)
+    logits = apply_repetition_penalty(logits.float(), seen, rows.penalty)
     if params.temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+        return logits
+    values, ids = candidates(logits, rows)
+    return torch.full_like(logits, float("-inf")).scatter(-1, ids, values)
+
+
+def seen_mask(context_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(n, V) bool: which tokens occur in each row of context_ids (n, T)."""
+    seen = torch.zeros(context_ids.size(0), vocab_size, dtype=torch.bool, device=context_ids.device)
+    return seen.scatter_(1, context_ids, True)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.model.config import ModelConfig
-from src.model.kv_cache import KVCache
+from src.model.kv_cache import CAUSAL, KVCache, RaggedKVCache
 from src.model.rope import apply_rope
 
 
@@ -29,7 +29,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        kv_cache: KVCache | None = None,
+        kv_cache: KVCache | RaggedKVCache | None = None,
     ) -> torch.Tensor:
         batch, seq_len, _ = x.shape
         q_size = self.n_heads * self.head_dim
@@ -40,23 +40,18 @@ class Attention(nn.Module):
         v = v.view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        past = 0
+        mask = CAUSAL if seq_len > 1 else None
         if kv_cache is not None:
-            past = kv_cache.length
-            k, v = kv_cache.update(self.layer_index, k, v)
+            k, v, mask = kv_cache.update(self.layer_index, k, v)
         if self.n_kv_heads != self.n_heads:
             repeat = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(repeat, dim=1)
             v = v.repeat_interleave(repeat, dim=1)
 
         dropout = self.dropout if self.training else 0.0
-        if past == 0:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=seq_len > 1, dropout_p=dropout)
-        elif seq_len == 1:  # one new token sees every cached position
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        else:  # a chunk after a cached prefix: query i (position past+i) sees keys 0..past+i
-            total = past + seq_len
-            mask = torch.ones(seq_len, total, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        if mask is CAUSAL:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:  # None: every key (one new token after a cache); a tensor: what each query may see
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         out = out.transpose(1, 2).reshape(batch, seq_len, q_size)
         return self.out_proj(out)

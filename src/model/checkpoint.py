@@ -37,6 +37,7 @@ from src.data.tokenizer import (
     tokenizer_sha256,
 )
 from src.model.config import ModelConfig
+from src.model.quantize import quantize_int8
 from src.model.transformer_block import WikiMiniModel
 
 FORMAT_VERSION = 1
@@ -61,6 +62,7 @@ class LoadedModel:
     path: Path
     eos_id: int | None
     metrics: dict[str, Any]
+    precision: str = "fp32"  # weight format: fp32, bf16 or int8
 
     @property
     def name(self) -> str:
@@ -195,10 +197,13 @@ def load_model(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     tokenizer_path: str | Path | None = None,
+    precision: str | None = None,
 ) -> LoadedModel:
     """Load a checkpoint into an eval-mode model on `device`, with its tokenizer.
 
-    This is the loader the CLI, the evaluators and the server all use.
+    This is the loader the CLI, the evaluators and the server all use. `precision` ('fp32',
+    'bf16' or 'int8', see `src.device.inference_precision`) overrides `dtype`; int8 swaps the
+    matmul weights for int8 copies (inference only).
     """
     path = Path(path)
     checkpoint = load_checkpoint(path)
@@ -217,7 +222,11 @@ def load_model(
         model.load_state_dict(checkpoint["model_state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the model config: {exc}") from None
+    if precision is not None:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}[precision]
     model.to(device=device, dtype=dtype or torch.float32).eval()
+    if precision == "int8":
+        quantize_int8(model)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -225,6 +234,7 @@ def load_model(
         path=path,
         eos_id=tokenizer.token_to_id(checkpoint.get("eos_token", EOS_TOKEN)),
         metrics=dict(checkpoint.get("metrics") or {}),
+        precision=precision or {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"),
     )
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from src.model.attention import Attention
 from src.model.config import ModelConfig
-from src.model.kv_cache import KVCache
+from src.model.kv_cache import KVCache, RaggedKVCache
 from src.model.rope import rope_cos_sin
 
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss
@@ -57,7 +57,7 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos, sin, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x, cos, sin, kv_cache: KVCache | RaggedKVCache | None = None) -> torch.Tensor:
         x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, kv_cache))
         return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
 
@@ -98,29 +98,32 @@ class WikiMiniModel(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_parameters(self) -> int:
-        """Unique parameters (a tied embedding counts once)."""
-        return sum(p.numel() for p in self.parameters())
+        """Unique weights (a tied embedding counts once), int8-quantized ones included."""
+        count = sum(p.numel() for p in self.parameters())
+        for name, buffer in self.named_buffers():
+            if name.endswith("weight_int8") and not (self.config.tie_embeddings and name == "output.weight_int8"):
+                count += buffer.numel()
+        return count
 
     def new_kv_cache(
         self, batch_size: int = 1, capacity: int | None = None, dtype: torch.dtype | None = None
     ) -> KVCache:
         weight = self.tok_embeddings.weight
-        return KVCache(
-            n_layers=self.config.n_layers,
-            batch_size=batch_size,
-            n_kv_heads=self.config.kv_heads,
-            head_dim=self.config.head_dim,
-            capacity=capacity or self.config.max_seq_len,
-            device=weight.device,
-            dtype=dtype or weight.dtype,
-        )
+        return KVCache(self.config.n_layers, batch_size, self.config.kv_heads, self.config.head_dim,
+                       capacity or self.config.max_seq_len, weight.device, dtype or weight.dtype)
+
+    def new_ragged_kv_cache(self, slots: int, dtype: torch.dtype | None = None) -> RaggedKVCache:
+        """Cache slots for `slots` sequences decoded together at different lengths."""
+        weight = self.tok_embeddings.weight
+        return RaggedKVCache(self.config.n_layers, slots, self.config.kv_heads, self.config.head_dim,
+                             self.config.max_seq_len, weight.device, dtype or weight.dtype)
 
     def forward(
         self,
         input_ids: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
-        kv_cache: KVCache | None = None,
+        kv_cache: KVCache | RaggedKVCache | None = None,
         last_logits_only: bool = False,
     ):
         """Logits for `input_ids` (B, T); with `kv_cache`, the tokens continue the cached ones.
@@ -129,13 +132,15 @@ class WikiMiniModel(nn.Module):
         which is all that sampling needs.
         """
         _, seq_len = input_ids.shape
-        start = kv_cache.length if kv_cache is not None else 0
-        end = start + seq_len
+        end = kv_cache.next_length(seq_len) if kv_cache is not None else seq_len
         if end > self.config.max_seq_len:
             raise ValueError(
                 f"sequence of {end} tokens exceeds the model's context of {self.config.max_seq_len}"
             )
-        cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
+        if kv_cache is None:
+            cos, sin = self.rope_cos[:seq_len], self.rope_sin[:seq_len]
+        else:
+            cos, sin = kv_cache.rope_tables(self.rope_cos, self.rope_sin, seq_len)
         x = self.dropout(self.tok_embeddings(input_ids))
         for layer in self.layers:
             x = layer(x, cos, sin, kv_cache)

@@ -1,21 +1,23 @@
 """The FastAPI app: web page, SSE generation, health, and an OpenAI-compatible API.
 
-Decoding runs in worker threads, one token per hop, so the event loop stays free and a
-client that disconnects stops its generation at the next token. The model is read-only;
-every request has its own KV cache and random generator.
+One decode thread runs every active generation in the same forward pass (continuous batching,
+`src/generation/scheduler.py`) and hands tokens to the event loop, which stays free; a client
+that disconnects leaves the batch at the next step. Each request keeps its own random
+generator, so a seeded request gives the same story alone or beside others.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -23,6 +25,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from src.generation.engine import GenerationResult, Generator
 from src.generation.presets import PRESETS, SamplingParams
+from src.generation.scheduler import END, BatchScheduler
 from src.generation.stops import StopSequenceFilter
 from src.model.checkpoint import LoadedModel
 from src.server.limiter import ServerBusy, SlotLimiter, Ticket
@@ -30,7 +33,6 @@ from src.server.schemas import CompletionRequest, GenerateRequest
 from src.server.settings import ServerSettings
 
 PAGE = Path(__file__).with_name("static") / "index.html"
-_END = object()
 
 
 @dataclass
@@ -66,14 +68,23 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
     settings = settings or ServerSettings()
     generator = Generator.from_loaded(loaded)
     limiter = SlotLimiter(settings.max_concurrent, settings.max_queue)
+    scheduler = BatchScheduler(generator, slots=settings.max_concurrent)
     model_id = loaded.path.stem
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        scheduler.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="TinyStories generator",
         description="Stream children's stories from a WikiMiniModel. The web UI is at `/`.",
         version="1.0",
     )
     app.state.generator = generator
     app.state.limiter = limiter
+    app.state.scheduler = scheduler
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):
@@ -109,26 +120,38 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
     ) -> AsyncIterator[str | Finished]:
         """Text deltas, then one Finished. Waits for a slot first; frees it however it ends."""
         async with ticket:
-            stream = generator.stream(prompt, params)
-            tokens = iter(stream)
+            prompt_ids = generator.encode_prompt(prompt)
+            seed = params.seed if params.seed is not None else random.randrange(2**31)
+            request = generator.new_request(prompt_ids, params, seed)
+            assembler = generator.assembler(prompt, prompt_ids, params, seed)
             stop_filter = StopSequenceFilter(stops) if stops else None
+            loop = asyncio.get_running_loop()
+            tokens: asyncio.Queue = asyncio.Queue()
+            scheduler.submit(request, lambda item: loop.call_soon_threadsafe(tokens.put_nowait, item))
             try:
                 while True:
-                    delta = await anyio.to_thread.run_sync(next, tokens, _END)
-                    if delta is _END:
+                    item = await tokens.get()
+                    if item is END:
                         break
+                    if isinstance(item, BaseException):
+                        raise item
+                    delta = assembler.push(item)
                     if stop_filter is not None:
                         delta = stop_filter.push(delta)
                     if delta:
                         yield delta
                     if stop_filter is not None and stop_filter.stopped:
                         break
-                if stop_filter is not None and (tail := stop_filter.flush()):
+                tail = assembler.flush()
+                if stop_filter is not None:
+                    tail = stop_filter.push(tail) + ("" if stop_filter.stopped else stop_filter.flush())
+                if tail:
                     yield tail
             finally:
-                stream.close()  # stops decoding when we leave early (disconnect, stop sequence)
+                scheduler.cancel(request)  # stops decoding when we leave early (disconnect, stop sequence)
             stopped = stop_filter is not None and stop_filter.stopped
-            yield Finished(stream.result, "stop" if stopped else stream.result.finish_reason)
+            result = assembler.result()
+            yield Finished(result, "stop" if stopped else result.finish_reason)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -142,6 +165,7 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
             "checkpoint": loaded.name,
             "device": str(loaded.model.tok_embeddings.weight.device),
             "dtype": str(loaded.model.tok_embeddings.weight.dtype).replace("torch.", ""),
+            "precision": loaded.precision,
             "parameters": loaded.model.num_parameters(),
             "vocab_size": loaded.config.vocab_size,
             "context_length": loaded.config.max_seq_len,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from src.device import inference_dtype, resolve_device
+from src.device import inference_precision, resolve_device
 from src.model.checkpoint import CheckpointError, load_model, resolve_checkpoint_path
 from src.server.settings import ServerSettings, parse_settings
 
@@ -14,7 +14,8 @@ def build_app(settings: ServerSettings):
 
     device = resolve_device(settings.device)
     path = resolve_checkpoint_path(settings.checkpoint)
-    loaded = load_model(path, device=device, dtype=inference_dtype(device), tokenizer_path=settings.tokenizer)
+    precision = inference_precision(device, settings.precision)
+    loaded = load_model(path, device=device, precision=precision, tokenizer_path=settings.tokenizer)
     return create_app(loaded, settings), loaded
 
 

@@ -6,7 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from src.device import DEVICE_CHOICES
+from src.device import DEVICE_CHOICES, PRECISION_CHOICES
 
 
 @dataclass(frozen=True)
@@ -14,9 +14,10 @@ class ServerSettings:
     checkpoint: str | None = None  # None: the usual resolution (env, best checkpoint, demo)
     tokenizer: str | None = None  # override the checkpoint's own tokenizer
     device: str = "auto"
+    precision: str = "auto"  # weight format, see src.device.inference_precision
     host: str = "127.0.0.1"
     port: int = 7779
-    max_concurrent: int = 4  # generations running at once
+    max_concurrent: int = 32  # generations decoded together (batch slots)
     max_queue: int = 32  # requests allowed to wait for a slot; beyond that, 503
     max_tokens_limit: int = 1000
 
@@ -31,11 +32,13 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
     parser.add_argument("--checkpoint", default=env.get("CHECKPOINT_PATH"), help="env CHECKPOINT_PATH")
     parser.add_argument("--tokenizer", default=env.get("TOKENIZER_PATH"), help="env TOKENIZER_PATH")
     parser.add_argument("--device", default=env.get("DEVICE", "auto"), choices=DEVICE_CHOICES, help="env DEVICE")
+    parser.add_argument("--precision", default=env.get("PRECISION", "auto"), choices=PRECISION_CHOICES,
+                        help="env PRECISION: auto, fp32, bf16 or int8 (CPU) weights")
     parser.add_argument("--host", default=env.get("HOST", "127.0.0.1"),
                         help="env HOST (default 127.0.0.1; use 0.0.0.0 to listen on all interfaces)")
     parser.add_argument("--port", type=int, default=None, help="env PORT (default 7779)")
     parser.add_argument("--max-concurrent", "--max_concurrent", dest="max_concurrent", type=int, default=None,
-                        help="env MAX_CONCURRENT (default 4)")
+                        help="env MAX_CONCURRENT (default 32): streams decoded together in one batch")
     parser.add_argument("--max-queue", "--max_queue", dest="max_queue", type=int, default=None,
                         help="env MAX_QUEUE (default 32)")
     args = parser.parse_args(argv)
@@ -52,7 +55,7 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
             parser.error(f"{env_name} must be an integer, got {raw!r}")
 
     port = integer(args.port, "PORT", 7779)
-    max_concurrent = integer(args.max_concurrent, "MAX_CONCURRENT", 4)
+    max_concurrent = integer(args.max_concurrent, "MAX_CONCURRENT", 32)
     max_queue = integer(args.max_queue, "MAX_QUEUE", 32)
     if not 0 < port < 65536:
         parser.error(f"port must be 1-65535, got {port}")
@@ -62,6 +65,7 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
         checkpoint=args.checkpoint or None,
         tokenizer=args.tokenizer or None,
         device=args.device,
+        precision=args.precision,
         host=args.host,
         port=port,
         max_concurrent=max_concurrent,

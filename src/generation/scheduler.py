@@ -1,0 +1,82 @@
+"""The server's decode loop: one thread steps a DecodeBatch that holds every active request.
+
+Requests arrive from the event loop (`submit`), join the batch at the next step, and get each
+token through their callback, called on the decode thread. Concurrent streams therefore share
+each forward pass instead of queueing for the model one token at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from src.generation.batch import DecodeBatch, Request
+from src.generation.engine import Generator
+
+# A callback receives each token id, then END once the request has left the batch, or an
+# exception if decoding failed.
+END = object()
+Callback = Callable[[object], None]
+
+
+class BatchScheduler:
+    def __init__(self, generator: Generator, slots: int) -> None:
+        self.batch = DecodeBatch(generator.model, generator.eos_id, slots)
+        self._pending: list[tuple[Request, Callback]] = []
+        self._callbacks: dict[Request, Callback] = {}
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, request: Request, callback: Callback) -> None:
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the decode loop has been shut down")
+            self._pending.append((request, callback))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="decode-loop", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def cancel(self, request: Request) -> None:
+        """Stop a request at the next step (a client went away); harmless once it is done."""
+        request.cancelled = True
+        with self._wake:
+            for index, (pending, callback) in enumerate(self._pending):
+                if pending is request:
+                    del self._pending[index]
+                    request.finish_reason = "cancelled"
+                    callback(END)
+                    break
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._pending and not self.batch.requests:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                joining = self._pending[:self.batch.free_slots]
+                del self._pending[:len(joining)]
+            try:
+                for request, callback in joining:
+                    self._callbacks[request] = callback
+                self.batch.admit([request for request, _ in joining])
+                for request, token in self.batch.step():
+                    self._callbacks[request](token)
+            except Exception as exc:  # noqa: BLE001 - every request in flight is told, then the batch restarts
+                for callback in self._callbacks.values():
+                    callback(exc)
+                self._callbacks.clear()
+                self.batch.clear()
+                continue
+            still_running = set(self.batch.requests)
+            for request in [r for r in self._callbacks if r not in still_running]:
+                self._callbacks.pop(request)(END)
