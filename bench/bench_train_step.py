@@ -27,11 +27,16 @@ unique parameters (the tied embedding counts once, and the same for both models)
     python bench/bench_train_step.py                          # demo and reference configs
     python bench/bench_train_step.py --configs reference --batch-size 4 --steps 3
     python bench/bench_train_step.py --with-fp32              # also time ours without autocast
+    python bench/bench_train_step.py --no-compile             # skip ours under torch.compile
+
+Ours runs twice: eager, and under torch.compile (a separate copy with the same initial weights;
+train.py compiles on CUDA and in the CPU configs). HF runs eager, as a user would run it.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -132,13 +137,15 @@ def build_pair(config: ModelConfig, batch_size: int, device: torch.device, preci
     torch.manual_seed(0)
     ours = WikiMiniModel(config)
     hf = to_hf_model(ours)  # copies the weights before either model trains
+    twin = copy.deepcopy(ours).to(device)  # the same weights again, for the torch.compile run
     ours, hf = ours.to(device), hf.to(device)
     window = torch.randint(0, config.vocab_size, (batch_size, config.max_seq_len + 1), device=device)
     batch = (window[:, :-1].contiguous(), window[:, 1:].contiguous())
     params = ours.num_parameters()
     hf_params = sum(p.numel() for p in hf.parameters())
     assert hf_params == params, (hf_params, params)
-    return Runner(ours, batch, precision, device), Runner(HFLoss(hf), batch, precision, device), params, hf
+    return (Runner(ours, batch, precision, device), Runner(HFLoss(hf), batch, precision, device), params, hf,
+            Runner(torch.compile(twin), batch, precision, device))
 
 
 def cpu_model() -> str:
@@ -161,6 +168,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda")
     parser.add_argument("--matmul-size", type=int, default=None, help="default: 2048 on CPU, 8192 on CUDA")
     parser.add_argument("--with-fp32", action="store_true", help="also time ours without autocast (fp32)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip ours under torch.compile (what train.py uses on CUDA and in the CPU configs)")
     args = parser.parse_args()
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -180,24 +189,34 @@ def main() -> None:
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
         config = model_config(name)
         batch_size = args.batch_size or DEFAULT_BATCH[name]
-        ours, hf, params, hf_model = build_pair(config, batch_size, device, precision)
+        ours, hf, params, hf_model, compiled = build_pair(config, batch_size, device, precision)
+        runners = {"ours": ours, "hf": hf} if args.no_compile else {"ours": ours, "ours_compiled": compiled, "hf": hf}
         attn = getattr(hf_model.config, "_attn_implementation", "?")
-        ours.run(max(1, args.warmup))
-        hf.run(max(1, args.warmup))
-        times = {"ours": [], "hf": []}
+        compile_s = None
+        for key, runner in runners.items():
+            first = runner.run(1)[0]
+            if key == "ours_compiled":
+                compile_s = first  # the first compiled step includes compilation
+            runner.run(max(0, args.warmup - 1))
+        times = {key: [] for key in runners}
         rounds = max(1, min(args.rounds, args.steps))
         for i in range(rounds):
             chunk = args.steps * (i + 1) // rounds - args.steps * i // rounds
-            times["ours"] += ours.run(chunk)
-            times["hf"] += hf.run(chunk)
+            for key, runner in runners.items():
+                times[key] += runner.run(chunk)
         tokens = batch_size * config.max_seq_len
         row = {"config": name, "params": params, "batch": batch_size, "seq": config.max_seq_len,
                "hf_attn_implementation": attn}
-        for key in ("ours", "hf"):
+        if compile_s is not None:
+            row["first_compiled_step_s"] = round(compile_s, 1)
+        for key in runners:
             per_step = statistics.median(times[key])
             row[f"{key}_s_per_step"] = round(per_step, 4)
             row[f"{key}_tok_s"] = round(tokens / per_step, 1)
             row[f"{key}_step_times"] = [round(t, 4) for t in times[key]]
+        if "ours_compiled_tok_s" in row:
+            row["ours_compiled_over_hf"] = round(row["ours_compiled_tok_s"] / row["hf_tok_s"], 3)
+            row["first_loss_ours_compiled"] = round(compiled.first_loss, 5)
         row["ours_over_hf"] = round(row["ours_tok_s"] / row["hf_tok_s"], 3)
         row["first_loss_ours"], row["first_loss_hf"] = round(ours.first_loss, 5), round(hf.first_loss, 5)
         if args.with_fp32:
@@ -206,24 +225,33 @@ def main() -> None:
             per_step = statistics.median(fp32.run(args.steps))
             row["ours_fp32_tok_s"] = round(tokens / per_step, 1)
         rows.append(row)
-        del ours, hf, hf_model
+        del ours, hf, hf_model, compiled, runners
 
     # MFU divides by the best of two peak measurements, before and after the models, so the
     # figure does not depend on whether the machine happened to be busy at the start.
     peak_after = matmul_peak(torch.bfloat16, size, device)
     peak = max(peak_before, peak_after)
     for r in rows:
-        for key in ("ours", "hf", "ours_fp32"):
+        for key in ("ours", "ours_compiled", "hf", "ours_fp32"):
             if f"{key}_tok_s" in r:
                 r[f"{key}_mfu"] = round(6 * r["params"] * r[f"{key}_tok_s"] / peak, 4)
     print(f"bf16 matmul peak ({size}^3): {peak / 1e9:,.1f} GFLOP/s "
           f"(best of {peak_before / 1e9:,.1f} before, {peak_after / 1e9:,.1f} after)")
     print(f"\nHF attention implementation: {', '.join(sorted({r['hf_attn_implementation'] for r in rows}))}")
-    print("\n| config | params | batch x seq | ours tok/s | HF tok/s | ours/HF | ours MFU | HF MFU |")
-    print("|---|---|---|---|---|---|---|---|")
+    def cell(r, key, fmt):
+        return format(r[key], fmt) if key in r else "-"
+
+    print("\n| config | params | batch x seq | ours eager tok/s | ours compiled tok/s | HF eager tok/s "
+          "| eager/HF | compiled/HF | MFU eager | MFU compiled | MFU HF |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['params'] / 1e6:.2f}M | {r['batch']} x {r['seq']} | {r['ours_tok_s']:,.0f} "
-              f"| {r['hf_tok_s']:,.0f} | {r['ours_over_hf']:.2f}x | {r['ours_mfu']:.1%} | {r['hf_mfu']:.1%} |")
+              f"| {cell(r, 'ours_compiled_tok_s', ',.0f')} | {r['hf_tok_s']:,.0f} | {r['ours_over_hf']:.2f}x "
+              f"| {cell(r, 'ours_compiled_over_hf', '.2f')}x | {r['ours_mfu']:.1%} | {cell(r, 'ours_compiled_mfu', '.1%')} "
+              f"| {r['hf_mfu']:.1%} |")
+    for r in rows:
+        if "first_compiled_step_s" in r:
+            print(f"{r['config']}: first compiled step (includes compilation) {r['first_compiled_step_s']} s")
     if args.with_fp32:
         for r in rows:
             print(f"ours fp32 ({r['config']}): {r['ours_fp32_tok_s']:,.0f} tok/s, MFU {r['ours_fp32_mfu']:.1%}")
