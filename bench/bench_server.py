@@ -37,34 +37,63 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def one_stream(client: httpx.AsyncClient, url: str, seed: int, max_tokens: int) -> tuple[float, int]:
-    """(seconds to the first token event, tokens generated) for one /generate stream."""
-    body = {"prompt": PROMPT, "max_tokens": max_tokens, "seed": seed}
+async def one_stream(host: str, port: int, seed: int, max_tokens: int) -> tuple[float, int]:
+    """(seconds to the first token event, tokens generated) for one /generate stream.
+
+    A bare asyncio HTTP/1.1 client (chunked transfer + SSE parsing by hand): on a 2-core machine
+    that also runs the server, a full client library's own per-request work would be counted
+    as server latency.
+    """
+    body = json.dumps({"prompt": PROMPT, "max_tokens": max_tokens, "seed": seed}).encode()
     start = time.perf_counter()
-    first, tokens = None, 0
-    async with client.stream("POST", f"{url}/generate", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == "[DONE]":
-                break
-            event = json.loads(payload)
-            if "token" in event and first is None:
-                first = time.perf_counter() - start
-            if event.get("done"):
-                tokens = event["tokens"]
-            if "error" in event:
-                raise RuntimeError(event["error"])
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"POST /generate HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                 b"Accept: text/event-stream\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                 % (host.encode(), len(body), body))
+    await writer.drain()
+    status = await reader.readline()
+    if b" 200 " not in status:
+        raise RuntimeError(f"HTTP error: {status.decode().strip()}")
+    chunked = False
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        chunked |= line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower()
+    first, tokens, buffer = None, 0, b""
+    try:
+        while True:
+            if chunked:
+                size = int((await reader.readline()).strip() or b"0", 16)
+                if size == 0:
+                    break
+                buffer += await reader.readexactly(size)
+                await reader.readexactly(2)
+            else:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for raw in lines:
+                if not raw.startswith(b"data:"):
+                    continue
+                payload = raw[5:].strip()
+                if payload == b"[DONE]":
+                    return (first if first is not None else float("nan")), tokens
+                event = json.loads(payload)
+                if "token" in event and first is None:
+                    first = time.perf_counter() - start
+                if event.get("done"):
+                    tokens = event["tokens"]
+                if "error" in event:
+                    raise RuntimeError(event["error"])
+    finally:
+        writer.close()
     return (first if first is not None else float("nan")), tokens
 
 
-async def load_level(url: str, streams: int, max_tokens: int) -> dict:
-    async with httpx.AsyncClient(timeout=300) as client:
-        start = time.perf_counter()
-        results = await asyncio.gather(*(one_stream(client, url, seed, max_tokens) for seed in range(streams)))
-        wall = time.perf_counter() - start
+async def load_level(port: int, streams: int, max_tokens: int) -> dict:
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one_stream("127.0.0.1", port, seed, max_tokens) for seed in range(streams)))
+    wall = time.perf_counter() - start
     ttfts = [r[0] * 1000 for r in results]
     tokens = sum(r[1] for r in results)
     return {"streams": streams, "completed": len(results), "ttft_p50_ms": statistics.median(ttfts),
@@ -78,11 +107,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=100)
     parser.add_argument("--max-concurrent", type=int, default=32, help="the server's MAX_CONCURRENT")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", help="the server's --precision (auto, fp32, bf16, int8)")
     args = parser.parse_args()
 
     port = free_port()
     command = [sys.executable, "run_ui.py", "--port", str(port), "--max-concurrent", str(args.max_concurrent),
-               "--max-queue", "64", "--device", args.device]
+               "--max-queue", "64", "--device", args.device, "--precision", args.precision]
     if args.checkpoint:
         command += ["--checkpoint", args.checkpoint]
     server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ)
@@ -99,19 +129,20 @@ def main() -> None:
                 if time.time() > deadline:
                     sys.exit("run_ui.py did not start within 120 s")
                 time.sleep(0.3)
-        asyncio.run(load_level(url, 2, 10))  # warm-up
-        rows = [asyncio.run(load_level(url, n, args.max_tokens)) for n in args.streams]
+        asyncio.run(load_level(port, 2, 10))  # warm-up
+        rows = [asyncio.run(load_level(port, n, args.max_tokens)) for n in args.streams]
     finally:
         server.terminate()
         server.wait(timeout=30)
 
     print(f"\nServer: {health['checkpoint']} ({health['parameters']:,} params) on {health['device']}, "
+          f"precision {health.get('precision', '?')}, "
           f"MAX_CONCURRENT {args.max_concurrent}, {args.max_tokens} max tokens per stream, {os.cpu_count()} CPU cores\n")
     print("| streams | completed | TTFT p50 ms | TTFT p95 ms | aggregate tok/s |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['streams']} | {r['completed']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p95_ms']:.1f} | {r['aggregate_tok_s']:.1f} |")
-    print("\n" + json.dumps({"health": {k: health[k] for k in ("checkpoint", "device", "parameters")}, "rows": rows}, indent=1))
+    print("\n" + json.dumps({"health": {k: health.get(k) for k in ("checkpoint", "device", "parameters", "precision")}, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,23 @@ def test_batched_requests_equal_each_request_alone(generator, params):
     assert together == [alone(generator, p, params, i) for i, p in enumerate(PROMPTS)]
 
 
+def test_requests_sharing_a_prompt_are_prefilled_once_and_still_equal_each_alone(generator):
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=15, stop_at_eos=False)
+    prompts = ["Once upon a time", "The dog", "Once upon a time", "Once upon a time", "The dog"]
+    requests = [generator.new_request(generator.encode_prompt(p), params, seed=i) for i, p in enumerate(prompts)]
+    batch = DecodeBatch(generator.model, generator.eos_id, slots=5)
+    calls = []
+    original = generator.model.forward
+    generator.model.forward = lambda ids, *a, **k: calls.append(ids.shape) or original(ids, *a, **k)
+    batch.admit(requests)
+    generator.model.forward = original
+    assert calls[0][0] == 2  # two distinct windows prefilled, three rows copied
+    while batch.requests:
+        batch.step()
+    assert [r.generated for r in requests] == [alone(generator, p, params, i) for i, p in enumerate(prompts)]
+    assert len({tuple(r.generated) for r in requests}) == 5  # different seeds, different stories
+
+
 def test_requests_joining_and_leaving_mid_batch_are_unaffected(generator):
     """Different lengths, limits and settings; rows are moved when a request leaves early."""
     params = [
@@ -72,7 +89,7 @@ def test_cancelled_request_leaves_and_others_continue(generator):
     requests[0].cancelled = True
     while batch.requests:
         batch.step()
-    assert requests[0].finish_reason == "cancelled" and len(requests[0].generated) == 1
+    assert requests[0].finish_reason == "cancelled" and len(requests[0].generated) == 2  # prefill + 1 step
     assert [r.generated for r in requests[1:]] == [alone(generator, p, params, 0) for p in PROMPTS[1:]]
 
 

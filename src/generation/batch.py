@@ -2,8 +2,9 @@
 
 Batch-1 decoding reads every weight to produce one token; decoding n requests in the same pass
 reads them once for n tokens. Requests join and leave between steps (continuous batching):
-`admit` prefills new requests into free cache rows, `step` decodes every active row, finished
-and cancelled rows are dropped by moving the last row into their place.
+`admit` prefills new requests into free cache rows and samples their first tokens, `step`
+decodes every active row, finished and cancelled rows are dropped by moving the last row into
+their place.
 
 The CLI's single story is a batch of one, so there is one decoding loop for both.
 """
@@ -17,6 +18,13 @@ import torch
 from src.generation.presets import SamplingParams
 from src.generation.sampling import RowSettings, sample_tokens
 from src.model.transformer_block import WikiMiniModel
+
+
+def decode_cache_dtype(model: WikiMiniModel) -> torch.dtype:
+    """float32 keys/values on CPU whatever the weights: CPU attention kernels are 2-4x faster in
+    float32 than in bf16 at decode shapes, and the cache is small next to the weights."""
+    weight = model.tok_embeddings.weight
+    return torch.float32 if weight.device.type == "cpu" else weight.dtype
 
 
 @dataclass(eq=False)
@@ -49,7 +57,7 @@ class DecodeBatch:
         # when the context is full, restart the cache from the last three quarters of it
         self.keep = max(1, self.max_seq_len - self.max_seq_len // 4)
         self.device = model.tok_embeddings.weight.device
-        self.cache = model.new_ragged_kv_cache(slots)
+        self.cache = model.new_ragged_kv_cache(slots, dtype=decode_cache_dtype(model))
         self.seen = torch.zeros(slots, model.config.vocab_size, dtype=torch.bool, device=self.device)
         self.requests: list[Request] = []  # row i decodes requests[i]
         self._settings: RowSettings | None = None
@@ -58,44 +66,77 @@ class DecodeBatch:
     def free_slots(self) -> int:
         return self.slots - len(self.requests)
 
-    def admit(self, requests: list[Request]) -> None:
-        """Prefill each request's window, all but its last token, in one right-padded pass."""
+    @torch.inference_mode()
+    def admit(self, requests: list[Request]) -> list[tuple[Request, int]]:
+        """Prefill new requests in one right-padded pass and sample their first tokens.
+
+        Returns the (request, first token) pairs: a stream's first token comes from its own
+        prefill, without waiting for a decode step.
+        """
         if len(requests) > self.free_slots:
             raise ValueError(f"{len(requests)} requests for {self.free_slots} free slots")
         if not requests:
-            return
-        start = len(self.requests)
-        for offset, request in enumerate(requests):
-            row = start + offset
-            self.seen[row] = False
-            if request.penalty_ids:
-                self.seen[row, torch.tensor(request.penalty_ids, device=self.device)] = True
-        self._prefill(start, [r.window_ids[-self.keep:] for r in requests])
+            return []
+        # Identical windows (many stories start "Once upon a time") are prefilled once: the
+        # first request with a window computes it, the others copy its keys/values and logits.
+        window_of = {id(r): tuple(r.window_ids[-self.keep:]) for r in requests}
+        first_by_window: dict[tuple[int, ...], Request] = {}
         for request in requests:
-            request.next_input = request.window_ids[-1]
+            first_by_window.setdefault(window_of[id(request)], request)
+        leaders = list(first_by_window.values())
+        followers = [r for r in requests if r not in leaders]
+        requests = leaders + followers  # rows: one per distinct window first, then the copies
+        unique = [window_of[id(r)] for r in leaders]
+        source = [unique.index(window_of[id(r)]) for r in requests]  # the row each one copies
+
+        start = len(self.requests)
+        rows = slice(start, start + len(requests))
+        self.seen[rows] = False
+        pairs = [(row, token) for row, r in enumerate(requests, start) for token in r.penalty_ids]
+        if pairs:
+            self.seen[tuple(torch.tensor(pairs, device=self.device).T)] = True
+        unique_logits = self._prefill(start, [list(w) for w in unique], want_logits=True)
+        copies = [(start + offset, start + src) for offset, src in enumerate(source) if offset != src]
+        if copies:
+            targets, sources = (torch.tensor(c, device=self.device) for c in zip(*copies))
+            span = max(len(w) for w in unique)
+            self.cache.keys[:, targets, :, :span] = self.cache.keys[:, sources, :, :span]
+            self.cache.values[:, targets, :, :span] = self.cache.values[:, sources, :, :span]
+            for target, src in copies:
+                self.cache.lengths[target] = self.cache.lengths[src]
+        logits = unique_logits[torch.tensor(source, device=self.device)]
+        settings = RowSettings.of([r.params for r in requests], self.device)
+        tokens = sample_tokens(logits, settings, [r.rng for r in requests], self.seen[rows])
         self.requests.extend(requests)
         self.cache.active = len(self.requests)
         self._settings = None
+        return self._record(requests, start, tokens)
 
-    @torch.inference_mode()
-    def _prefill(self, start: int, windows: list[list[int]]) -> None:
-        contexts = [w[:-1] for w in windows]
-        longest = max(len(c) for c in contexts)
-        if longest:
-            # Right padding is harmless: a real position only attends to earlier positions, and
-            # the padded positions' keys are overwritten or masked before any query can see them.
-            padded = [c + [0] * (longest - len(c)) for c in contexts]
-            ids = torch.tensor(padded, dtype=torch.long, device=self.device)
-            view = self.cache.rows_view(start, start + len(windows))
-            self.model(ids, kv_cache=view, last_logits_only=True)
-        for offset, context in enumerate(contexts):
-            self.cache.lengths[start + offset] = len(context)
+    def _prefill(self, start: int, windows: list[list[int]], want_logits: bool = False) -> torch.Tensor | None:
+        """Write each window's keys/values into rows start, start+1, ...; optionally return the
+        logits after each window's last token (n, V)."""
+        lengths = [len(w) for w in windows]
+        longest = max(lengths)
+        # Right padding is harmless: a real position only attends to earlier positions, and
+        # the padded positions' keys are overwritten or masked before any query can see them.
+        padded = [w + [0] * (longest - len(w)) for w in windows]
+        ids = torch.tensor(padded, dtype=torch.long, device=self.device)
+        view = self.cache.rows_view(start, start + len(windows))
+        last = torch.tensor([n - 1 for n in lengths], device=self.device)
+        logits = self.model(ids, kv_cache=view, logit_positions=last)[:, -1] if longest else None
+        for offset, n in enumerate(lengths):
+            self.cache.lengths[start + offset] = n
+        return logits if want_logits else None
 
     def _slide_full_rows(self) -> None:
         for row, request in enumerate(self.requests):
             if self.cache.lengths[row] >= self.max_seq_len:
+                # restart from the recent context, all but the last token, which the step feeds
                 window = (request.window_ids + request.generated)[-self.keep:]
-                self._prefill(row, [window])
+                if len(window) > 1:
+                    self._prefill(row, [window[:-1]])
+                else:
+                    self.cache.lengths[row] = 0
 
     @torch.inference_mode()
     def step(self) -> list[tuple[Request, int]]:
@@ -114,9 +155,14 @@ class DecodeBatch:
         ids = torch.tensor([[r.next_input] for r in self.requests], dtype=torch.long, device=self.device)
         logits = self.model(ids, kv_cache=self.cache)[:, -1]
         tokens = sample_tokens(logits, self._settings, [r.rng for r in self.requests], self.seen[:n])
-        self.seen[torch.arange(n, device=self.device), tokens] = True
+        return self._record(list(self.requests), 0, tokens)
+
+    def _record(self, requests: list[Request], start: int, tokens: torch.Tensor) -> list[tuple[Request, int]]:
+        """Note each row's new token (penalty mask, finish), drop finished rows, return the pairs."""
+        rows = torch.arange(start, start + len(requests), device=self.device)
+        self.seen[rows, tokens] = True
         emitted = []
-        for request, token in zip(self.requests, tokens.tolist()):
+        for request, token in zip(requests, tokens.tolist()):
             emitted.append((request, token))
             if token == self.eos_id and request.params.stop_at_eos:
                 request.finish_reason = "eos"

@@ -132,10 +132,13 @@ class Generator:
         """
         batch = DecodeBatch(self.model, self.eos_id, slots=1)
         request = self.new_request(prompt_ids, params, seed)
-        batch.admit([request])
-        while request.finish_reason is None:
-            for _, token in batch.step():
+        emitted = batch.admit([request])
+        while True:
+            for _, token in emitted:
                 yield token
+            if request.finish_reason is not None:
+                return
+            emitted = batch.step()
 
     def stream(self, prompt: str, params: SamplingParams) -> GenerationStream:
         """Start generating; iterate the returned stream for text deltas."""

@@ -8,6 +8,7 @@ each forward pass instead of queueing for the model one token at a time.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from src.generation.batch import DecodeBatch, Request
@@ -17,6 +18,8 @@ from src.generation.engine import Generator
 # exception if decoding failed.
 END = object()
 Callback = Callable[[object], None]
+BURST_QUIET_S = 0.001  # from idle, admit once no request has arrived for this long...
+BURST_WINDOW_S = 0.015  # ...or once this much time has passed
 
 
 class BatchScheduler:
@@ -63,12 +66,17 @@ class BatchScheduler:
                     self._wake.wait()
                 if self._closed:
                     return
+                if not self.batch.requests:
+                    self._gather_burst()
                 joining = self._pending[:self.batch.free_slots]
                 del self._pending[:len(joining)]
             try:
                 for request, callback in joining:
                     self._callbacks[request] = callback
-                self.batch.admit([request for request, _ in joining])
+                # newcomers get their first token from their prefill, before the next step
+                for request, token in self.batch.admit([request for request, _ in joining]):
+                    self._callbacks[request](token)
+                self._end_finished()
                 for request, token in self.batch.step():
                     self._callbacks[request](token)
             except Exception as exc:  # noqa: BLE001 - every request in flight is told, then the batch restarts
@@ -77,6 +85,19 @@ class BatchScheduler:
                 self._callbacks.clear()
                 self.batch.clear()
                 continue
-            still_running = set(self.batch.requests)
-            for request in [r for r in self._callbacks if r not in still_running]:
-                self._callbacks.pop(request)(END)
+            self._end_finished()
+
+    def _gather_burst(self) -> None:
+        """From idle, wait while requests keep arriving (up to BURST_WINDOW_S) so a burst is
+        prefilled in one pass instead of one request, then the rest. Called holding the lock."""
+        deadline = time.monotonic() + BURST_WINDOW_S
+        while len(self._pending) < self.batch.free_slots and time.monotonic() < deadline:
+            count = len(self._pending)
+            self._wake.wait(timeout=BURST_QUIET_S)
+            if len(self._pending) == count:
+                return
+
+    def _end_finished(self) -> None:
+        still_running = set(self.batch.requests)
+        for request in [r for r in self._callbacks if r not in still_running]:
+            self._callbacks.pop(request)(END)

@@ -11,6 +11,17 @@ from src.model.kv_cache import CAUSAL, KVCache, RaggedKVCache
 from src.model.rope import apply_rope
 
 
+def masked_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One query per row over keys masked per row (a ragged decode batch), softmax in fp32.
+
+    Plain matmuls: on CPU, SDPA with a mask and a single query is 2-4x slower than this for a
+    batch of rows (measured at 32 rows x 100-250 keys, bf16 and fp32).
+    """
+    scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    weights = scores.float().masked_fill(~mask, float("-inf")).softmax(dim=-1).to(v.dtype)
+    return weights @ v
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_index: int) -> None:
         super().__init__()
@@ -43,6 +54,7 @@ class Attention(nn.Module):
         mask = CAUSAL if seq_len > 1 else None
         if kv_cache is not None:
             k, v, mask = kv_cache.update(self.layer_index, k, v)
+            q = q.to(k.dtype)  # a float32 cache under bf16 weights: attention runs in float32
         if self.n_kv_heads != self.n_heads:
             repeat = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(repeat, dim=1)
@@ -51,7 +63,9 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if mask is CAUSAL:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        elif mask is not None and seq_len == 1 and not self.training:
+            out = masked_decode_attention(q, k, v, mask)
         else:  # None: every key (one new token after a cache); a tensor: what each query may see
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        out = out.transpose(1, 2).reshape(batch, seq_len, q_size)
+        out = out.transpose(1, 2).reshape(batch, seq_len, q_size).to(x.dtype)
         return self.out_proj(out)

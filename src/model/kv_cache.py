@@ -126,9 +126,11 @@ class RaggedKVCache:
         span = mask.shape[-1]
         if span > self.capacity:
             raise ValueError(f"KV cache overflow: {span} positions > capacity {self.capacity}")
-        self.keys[layer, rows, :, positions] = keys[:, :, 0]
-        self.values[layer, rows, :, positions] = values[:, :, 0]
-        return self.keys[layer, :self.active, :, :span], self.values[layer, :self.active, :, :span], mask
+        self.keys[layer, rows, :, positions] = keys[:, :, 0].to(self.keys.dtype)
+        self.values[layer, rows, :, positions] = values[:, :, 0].to(self.values.dtype)
+        # a single row sees every key up to its own position: no mask needed
+        return (self.keys[layer, :self.active, :, :span], self.values[layer, :self.active, :, :span],
+                None if self.active == 1 else mask)
 
     def advance(self, n_tokens: int) -> None:
         for row in range(self.active):

@@ -125,11 +125,14 @@ class WikiMiniModel(nn.Module):
         *,
         kv_cache: KVCache | RaggedKVCache | None = None,
         last_logits_only: bool = False,
+        logit_positions: torch.Tensor | None = None,
     ):
         """Logits for `input_ids` (B, T); with `kv_cache`, the tokens continue the cached ones.
 
         `last_logits_only` computes the vocabulary projection for the final position alone,
-        which is all that sampling needs.
+        which is all that sampling needs; `logit_positions` (B,) picks one position per row
+        instead (the last real token of each prompt in a right-padded batch). Either way the
+        logits have shape (B, 1, V).
         """
         _, seq_len = input_ids.shape
         end = kv_cache.next_length(seq_len) if kv_cache is not None else seq_len
@@ -147,7 +150,9 @@ class WikiMiniModel(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(seq_len)
         x = self.norm(x)
-        if last_logits_only:
+        if logit_positions is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), logit_positions][:, None, :]
+        elif last_logits_only:
             x = x[:, -1:, :]
         logits = self.output(x)
         if targets is None:
