@@ -24,6 +24,7 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Once upon a time there was"
+NAMES = ["Lily", "Tom", "Mia", "Ben", "Sue", "Max", "Anna", "Tim", "Lucy", "Sam", "Zoe", "Jack"]
 
 
 def free_port() -> int:
@@ -37,14 +38,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def one_stream(host: str, port: int, seed: int, max_tokens: int) -> tuple[float, int]:
+async def one_stream(host: str, port: int, seed: int, max_tokens: int, distinct: bool = False) -> tuple[float, int]:
     """(seconds to the first token event, tokens generated) for one /generate stream.
 
     A bare asyncio HTTP/1.1 client (chunked transfer + SSE parsing by hand): on a 2-core machine
     that also runs the server, a full client library's own per-request work would be counted
     as server latency.
     """
-    body = json.dumps({"prompt": PROMPT, "max_tokens": max_tokens, "seed": seed}).encode()
+    prompt = f"{NAMES[seed % len(NAMES)]} and {NAMES[(seed // len(NAMES) + 3) % len(NAMES)]} {PROMPT}" if distinct else PROMPT
+    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "seed": seed}).encode()
     start = time.perf_counter()
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(b"POST /generate HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
@@ -90,14 +92,27 @@ async def one_stream(host: str, port: int, seed: int, max_tokens: int) -> tuple[
     return (first if first is not None else float("nan")), tokens
 
 
-async def load_level(port: int, streams: int, max_tokens: int) -> dict:
+async def burst(port: int, streams: int, max_tokens: int, distinct: bool) -> tuple[list[float], int, float]:
+    """(TTFTs in ms, tokens, wall seconds) of `streams` streams started together."""
     start = time.perf_counter()
-    results = await asyncio.gather(*(one_stream("127.0.0.1", port, seed, max_tokens) for seed in range(streams)))
-    wall = time.perf_counter() - start
-    ttfts = [r[0] * 1000 for r in results]
-    tokens = sum(r[1] for r in results)
-    return {"streams": streams, "completed": len(results), "ttft_p50_ms": statistics.median(ttfts),
-            "ttft_p95_ms": percentile(ttfts, 0.95), "tokens": tokens, "aggregate_tok_s": tokens / wall, "wall_s": wall}
+    results = await asyncio.gather(*(one_stream("127.0.0.1", port, seed, max_tokens, distinct)
+                                     for seed in range(streams)))
+    return [r[0] * 1000 for r in results], sum(r[1] for r in results), time.perf_counter() - start
+
+
+def load_level(port: int, streams: int, max_tokens: int, rounds: int, distinct: bool) -> dict:
+    """`rounds` bursts (a pause between them); TTFT percentiles over every stream of every burst."""
+    ttfts, tokens, wall, completed = [], 0, 0.0, 0
+    for _ in range(rounds):
+        times, n_tokens, seconds = asyncio.run(burst(port, streams, max_tokens, distinct))
+        ttfts += times
+        tokens += n_tokens
+        wall += seconds
+        completed += sum(t == t for t in times)  # NaN: no token arrived
+        time.sleep(0.3)
+    return {"streams": streams, "rounds": rounds, "completed": completed, "started": streams * rounds,
+            "ttft_p50_ms": statistics.median(ttfts), "ttft_p95_ms": percentile(ttfts, 0.95),
+            "tokens": tokens, "aggregate_tok_s": tokens / wall, "wall_s": wall}
 
 
 def main() -> None:
@@ -105,6 +120,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="default: the usual resolution (bundled demo model)")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-tokens", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3, help="bursts per level; percentiles pool them")
+    parser.add_argument("--distinct-prompts", action="store_true",
+                        help="a different prompt per stream (default: one shared prompt, as from the web UI)")
     parser.add_argument("--max-concurrent", type=int, default=32, help="the server's MAX_CONCURRENT")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", help="the server's --precision (auto, fp32, bf16, int8)")
@@ -129,8 +147,8 @@ def main() -> None:
                 if time.time() > deadline:
                     sys.exit("run_ui.py did not start within 120 s")
                 time.sleep(0.3)
-        asyncio.run(load_level(port, 2, 10))  # warm-up
-        rows = [asyncio.run(load_level(port, n, args.max_tokens)) for n in args.streams]
+        load_level(port, 2, 10, 1, args.distinct_prompts)  # warm-up
+        rows = [load_level(port, n, args.max_tokens, args.rounds, args.distinct_prompts) for n in args.streams]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -138,11 +156,14 @@ def main() -> None:
     print(f"\nServer: {health['checkpoint']} ({health['parameters']:,} params) on {health['device']}, "
           f"precision {health.get('precision', '?')}, "
           f"MAX_CONCURRENT {args.max_concurrent}, {args.max_tokens} max tokens per stream, {os.cpu_count()} CPU cores\n")
+    print(f"prompts: {'one per stream' if args.distinct_prompts else 'shared'}; {args.rounds} bursts per level, "
+          "TTFT percentiles over all of them\n")
     print("| streams | completed | TTFT p50 ms | TTFT p95 ms | aggregate tok/s |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['streams']} | {r['completed']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p95_ms']:.1f} | {r['aggregate_tok_s']:.1f} |")
-    print("\n" + json.dumps({"health": {k: health.get(k) for k in ("checkpoint", "device", "parameters", "precision")}, "rows": rows}, indent=1))
+        print(f"| {r['streams']} | {r['completed']}/{r['started']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p95_ms']:.1f} "
+              f"| {r['aggregate_tok_s']:.1f} |")
+    print("\n" + json.dumps({"health": {k: health.get(k) for k in ("checkpoint", "device", "parameters", "precision")}, "distinct_prompts": args.distinct_prompts, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

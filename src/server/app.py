@@ -9,8 +9,10 @@ generator, so a seeded request gives the same story alone or beside others.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import random
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -41,6 +43,37 @@ class Finished:
     finish_reason: str  # "eos", "length" or "stop"
 
 
+class ThreadToLoopRelay:
+    """Hands items from the decode thread to asyncio queues, waking the event loop once per
+    batch of items rather than once per item (a step makes one token for every stream)."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.items: collections.deque = collections.deque()
+        self.lock = threading.Lock()
+        self.wake_pending = False
+
+    def sender(self, queue: asyncio.Queue):
+        self.loop = asyncio.get_running_loop()
+
+        def send(item) -> None:
+            self.items.append((queue, item))
+            with self.lock:
+                if self.wake_pending:
+                    return
+                self.wake_pending = True
+            self.loop.call_soon_threadsafe(self._deliver)
+
+        return send
+
+    def _deliver(self) -> None:
+        with self.lock:
+            self.wake_pending = False
+        while self.items:
+            queue, item = self.items.popleft()
+            queue.put_nowait(item)
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, openai: bool = False) -> None:
         super().__init__(message)
@@ -69,6 +102,7 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
     generator = Generator.from_loaded(loaded)
     limiter = SlotLimiter(settings.max_concurrent, settings.max_queue)
     scheduler = BatchScheduler(generator, slots=settings.max_concurrent)
+    relay = ThreadToLoopRelay()
     model_id = loaded.path.stem
 
     @asynccontextmanager
@@ -125,9 +159,8 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
             request = generator.new_request(prompt_ids, params, seed)
             assembler = generator.assembler(prompt, prompt_ids, params, seed)
             stop_filter = StopSequenceFilter(stops) if stops else None
-            loop = asyncio.get_running_loop()
             tokens: asyncio.Queue = asyncio.Queue()
-            scheduler.submit(request, lambda item: loop.call_soon_threadsafe(tokens.put_nowait, item))
+            scheduler.submit(request, relay.sender(tokens))
             try:
                 while True:
                     item = await tokens.get()
