@@ -30,6 +30,7 @@ class RowSettings:
     top_p: torch.Tensor
     penalty: torch.Tensor
     all_greedy: bool
+    any_greedy: bool
     any_penalty: bool
     max_top_k: int  # 0 when some row has top-k off: candidates are then the whole vocabulary
 
@@ -45,6 +46,7 @@ class RowSettings:
             top_p=column([p.top_p for p in params]),
             penalty=column([p.repetition_penalty for p in params]),
             all_greedy=all(p.temperature == 0 for p in params),
+            any_greedy=any(p.temperature == 0 for p in params),
             any_penalty=any(p.repetition_penalty != 1.0 for p in params),
             max_top_k=0 if 0 in top_ks else max(top_ks),
         )
@@ -63,12 +65,12 @@ def candidates(logits: torch.Tensor, rows: RowSettings) -> tuple[torch.Tensor, t
     vocabulary when a row has top-k off); within them each row keeps its own top-k (ties at the
     k-th value kept, as transformers does) and then its own top-p nucleus.
     """
-    scaled = logits / torch.where(rows.temperature > 0, rows.temperature, torch.ones_like(rows.temperature))
-    vocab = scaled.size(-1)
-    if 0 < rows.max_top_k < vocab:
-        values, ids = torch.topk(scaled, rows.max_top_k, dim=-1)
+    vocab = logits.size(-1)
+    if 0 < rows.max_top_k < vocab:  # a positive temperature keeps the order: select, then scale
+        values, ids = torch.topk(logits, rows.max_top_k, dim=-1)
     else:
-        values, ids = torch.sort(scaled, dim=-1, descending=True)
+        values, ids = torch.sort(logits, dim=-1, descending=True)
+    values = values / torch.where(rows.temperature > 0, rows.temperature, torch.ones_like(rows.temperature))
     k = torch.where(rows.top_k > 0, rows.top_k, vocab).clamp(max=values.size(-1))
     kth_value = values.gather(-1, k - 1)
     values = values.masked_fill(values < kth_value, float("-inf"))
@@ -90,15 +92,16 @@ def sample_tokens(
     logits = logits.float()
     if rows.any_penalty and seen is not None:
         logits = apply_repetition_penalty(logits, seen, rows.penalty)
-    greedy = logits.argmax(dim=-1)
     if rows.all_greedy:
-        return greedy
+        return logits.argmax(dim=-1)
     values, ids = candidates(logits, rows)
     cdf = values.softmax(dim=-1).cumsum(dim=-1)
     uniforms = torch.cat([torch.rand(1, generator=g) for g in generators]).to(cdf.device)
     position = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1)).clamp(max=cdf.size(-1) - 1)
     sampled = ids.gather(-1, position).squeeze(-1)
-    return torch.where(rows.temperature.squeeze(-1) > 0, sampled, greedy)
+    if rows.any_greedy:
+        return torch.where(rows.temperature.squeeze(-1) > 0, sampled, logits.argmax(dim=-1))
+    return sampled
 
 
 def process_logits(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams) -> torch.Tensor:
