@@ -133,6 +133,13 @@ def test_settings_from_env_and_flags():
     assert flags.port == 9000 and flags.checkpoint == "b.pth" and flags.host == "127.0.0.1"
     with pytest.raises(SystemExit):
         parse_settings([], env={"PORT": "eighty"})
+    tuned = parse_settings(["--precision", "fp32", "--access-log"], env={"THREADS": "3"})
+    assert (tuned.precision, tuned.access_log, tuned.threads) == ("fp32", True, 3)
+    defaults = parse_settings([], env={})
+    assert (defaults.precision, defaults.access_log, defaults.threads, defaults.max_concurrent) == ("auto", False, None, 32)
+    for bad in ({"THREADS": "0"}, {"PRECISION": "int4"}):
+        with pytest.raises(SystemExit):
+            parse_settings([], env=bad)
 
 
 def test_run_ui_with_a_bad_checkpoint_exits_with_a_message(tmp_path):

@@ -65,6 +65,9 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
     max_queue = integer(args.max_queue, "MAX_QUEUE", 32)
     if not 0 < port < 65536:
         parser.error(f"port must be 1-65535, got {port}")
+    for name, value, choices in (("DEVICE", args.device, DEVICE_CHOICES), ("PRECISION", args.precision, PRECISION_CHOICES)):
+        if value not in choices:  # argparse checks choices on flags only, not on env defaults
+            parser.error(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     threads = integer(args.threads, "THREADS", None)
     if threads is not None and threads < 1:
         parser.error(f"threads must be >= 1, got {threads}")
