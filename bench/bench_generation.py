@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.data.tokenizer import train_bpe_tokenizer  # noqa: E402
-from src.device import inference_precision, resolve_device  # noqa: E402
+from src.device import cpu_name, inference_precision, resolve_device  # noqa: E402
 from src.generation import Generator, SamplingParams  # noqa: E402
 from src.generation.sampling import RowSettings, sample_tokens, seen_mask  # noqa: E402
 from src.model import ModelConfig, WikiMiniModel  # noqa: E402
@@ -39,16 +38,6 @@ CONFIGS = {
     "demo": ModelConfig(vocab_size=4096, d_model=256, n_layers=6, n_heads=8, d_ffn=768, max_seq_len=256),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_model(config: ModelConfig, precision: str, device: torch.device) -> WikiMiniModel:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import sys
 import time
@@ -52,6 +51,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from src.device import cpu_name  # noqa: E402
 from src.model.config import ModelConfig  # noqa: E402
 from src.model.hf_convert import to_hf_model  # noqa: E402
 from src.model.transformer_block import WikiMiniModel  # noqa: E402
@@ -148,16 +148,6 @@ def build_pair(config: ModelConfig, batch_size: int, device: torch.device, preci
             Runner(torch.compile(twin), batch, precision, device))
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="demo,reference", help="comma-separated: demo, reference")
@@ -177,9 +167,9 @@ def main() -> None:
     precision = Precision("bf16", device.type)
     import transformers
 
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"{torch.get_num_threads()} CPU threads, {cpu_model()}, device {device} ({where})")
+          f"{torch.get_num_threads()} CPU threads, {cpu_name()}, device {device} ({where})")
     size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
     peak_before = matmul_peak(torch.bfloat16, size, device)
     print(f"bf16 autocast; AdamW + clip 1.0; median of {args.steps} timed steps per model after {args.warmup} warm-up, "
@@ -238,8 +228,8 @@ def main() -> None:
     print(f"bf16 matmul peak ({size}^3): {peak / 1e9:,.1f} GFLOP/s "
           f"(best of {peak_before / 1e9:,.1f} before, {peak_after / 1e9:,.1f} after)")
     print(f"\nHF attention implementation: {', '.join(sorted({r['hf_attn_implementation'] for r in rows}))}")
-    def cell(r, key, fmt):
-        return format(r[key], fmt) if key in r else "-"
+    def cell(r, key, fmt, suffix=""):
+        return format(r[key], fmt) + suffix if key in r else "-"
 
     print("\n| config | params | batch x seq | ours eager tok/s | ours compiled tok/s | HF eager tok/s "
           "| eager/HF | compiled/HF | MFU eager | MFU compiled | MFU HF |")
@@ -247,7 +237,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['config']} | {r['params'] / 1e6:.2f}M | {r['batch']} x {r['seq']} | {r['ours_tok_s']:,.0f} "
               f"| {cell(r, 'ours_compiled_tok_s', ',.0f')} | {r['hf_tok_s']:,.0f} | {r['ours_over_hf']:.2f}x "
-              f"| {cell(r, 'ours_compiled_over_hf', '.2f')}x | {r['ours_mfu']:.1%} | {cell(r, 'ours_compiled_mfu', '.1%')} "
+              f"| {cell(r, 'ours_compiled_over_hf', '.2f', 'x')} | {r['ours_mfu']:.1%} | {cell(r, 'ours_compiled_mfu', '.1%')} "
               f"| {r['hf_mfu']:.1%} |")
     for r in rows:
         if "first_compiled_step_s" in r:
@@ -258,7 +248,7 @@ def main() -> None:
     print()
     print(json.dumps({
         "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-        "cpu": cpu_model(), "device": str(device), "bf16_peak_flops": round(peak),
+        "cpu": cpu_name(), "device": str(device), "bf16_peak_flops": round(peak),
         "bf16_peak_flops_before": round(peak_before), "bf16_peak_flops_after": round(peak_after), "matmul_size": size,
         "precision": "bf16-autocast", "steps": args.steps, "rounds": args.rounds, "warmup": args.warmup,
         "rows": rows,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -55,3 +58,14 @@ def inference_precision(device: torch.device, requested: str = "auto") -> str:
     if device.type == "cpu" and native_bf16_cpu():
         return "int8"
     return "fp32"
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (for benchmark headers)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

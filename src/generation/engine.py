@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import torch
 from tokenizers import Tokenizer
 
 from src.data.tokenizer import EOS_TOKEN
