@@ -134,14 +134,17 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
         headers = {"Retry-After": "2"} if exc.status == 503 else None
         return JSONResponse(_error_body(exc.message, exc.openai), status_code=exc.status, headers=headers)
 
-    def check_prompt(prompt: str, openai: bool) -> None:
-        n_tokens = len(generator.story_prefix) + len(generator.encode_prompt(prompt))
+    def check_prompt(prompt: str, openai: bool) -> list[int]:
+        """The prompt's token ids, once they are known to fit the context."""
+        prompt_ids = generator.encode_prompt(prompt)
+        n_tokens = len(generator.story_prefix) + len(prompt_ids)
         if n_tokens >= loaded.config.max_seq_len:
             raise ApiError(
                 400 if openai else 422,
                 f"prompt is {n_tokens} tokens; the model's context is {loaded.config.max_seq_len} tokens",
                 openai,
             )
+        return prompt_ids
 
     def admit(openai: bool) -> Ticket:
         try:
@@ -150,11 +153,10 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
             raise ApiError(503, "server busy: every generation slot and queue place is taken; retry shortly", openai) from None
 
     async def run_generation(
-        prompt: str, params: SamplingParams, ticket: Ticket, stops: list[str] | None = None
+        prompt: str, prompt_ids: list[int], params: SamplingParams, ticket: Ticket, stops: list[str] | None = None
     ) -> AsyncIterator[str | Finished]:
         """Text deltas, then one Finished. Waits for a slot first; frees it however it ends."""
         async with ticket:
-            prompt_ids = generator.encode_prompt(prompt)
             seed = params.seed if params.seed is not None else random.randrange(2**31)
             request = generator.new_request(prompt_ids, params, seed)
             assembler = generator.assembler(prompt, prompt_ids, params, seed)
@@ -212,13 +214,13 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
     @app.post("/generate", response_class=EventSourceResponse, responses={422: {"description": "invalid request"}})
     async def generate(body: GenerateRequest):
         """Stream a story as server-sent events: `{"token"}` deltas, one `{"done"}`, then `[DONE]`."""
-        check_prompt(body.prompt, openai=False)
+        prompt_ids = check_prompt(body.prompt, openai=False)
         params = body.sampling_params()
         ticket = admit(openai=False)
 
         async def events():
             try:
-                async with aclosing(run_generation(body.prompt, params, ticket)) as items:
+                async with aclosing(run_generation(body.prompt, prompt_ids, params, ticket)) as items:
                     async for item in items:
                         if isinstance(item, Finished):
                             yield {"data": json.dumps({
@@ -246,7 +248,7 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
             prompt, stops = body.single_prompt(), body.stop_list()
         except ValueError as exc:
             raise ApiError(400, str(exc), openai=True) from None
-        check_prompt(prompt, openai=True)
+        prompt_ids = check_prompt(prompt, openai=True)
         params = body.sampling_params()
         ticket = admit(openai=True)
         completion_id, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -264,7 +266,7 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
         if not body.stream:
             try:
                 pieces, finished = [], None
-                async with aclosing(run_generation(prompt, params, ticket, stops)) as items:
+                async with aclosing(run_generation(prompt, prompt_ids, params, ticket, stops)) as items:
                     async for item in items:
                         if isinstance(item, Finished):
                             finished = item
@@ -278,7 +280,7 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
 
         async def events():
             try:
-                async with aclosing(run_generation(prompt, params, ticket, stops)) as items:
+                async with aclosing(run_generation(prompt, prompt_ids, params, ticket, stops)) as items:
                     async for item in items:
                         if isinstance(item, Finished):
                             final = chunk("", openai_reason.get(item.finish_reason, "stop"))
