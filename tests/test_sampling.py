@@ -118,7 +118,7 @@ def test_a_rows_draws_do_not_depend_on_its_batch_mates():
     alone = [sample_tokens(logits[1:2], RowSettings.of([params]), [torch.Generator().manual_seed(9)])]
     gens = [torch.Generator().manual_seed(s) for s in (1, 9, 2)]
     together = sample_tokens(logits, RowSettings.of([params, params.replace(temperature=0.0), params]), gens)
-    assert int(alone[0]) != -1 and together[1] == logits[1].argmax()  # the greedy row ignores its draw
+    assert together[1] == logits[1].argmax()  # the greedy row ignores its draw
     gens = [torch.Generator().manual_seed(s) for s in (1, 9, 2)]
     together = sample_tokens(logits, RowSettings.of([params] * 3), gens)
     assert int(together[1]) == int(alone[0][0])
