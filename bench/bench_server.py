@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -24,6 +25,7 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Once upon a time there was"
+PROMPT_NUMBERS = itertools.count()
 NAMES = ["Lily", "Tom", "Mia", "Ben", "Sue", "Max", "Anna", "Tim", "Lucy", "Sam", "Zoe", "Jack"]
 
 
@@ -38,14 +40,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def one_stream(host: str, port: int, seed: int, max_tokens: int, distinct: bool = False) -> tuple[float, int]:
+def distinct_prompt(n: int) -> str:
+    """The n-th prompt of a run; none repeats, so the server's prefix cache cannot serve any."""
+    first, second = NAMES[n % len(NAMES)], NAMES[(n // len(NAMES) + 3) % len(NAMES)]
+    return f"{first} and {second} had {n} marbles. {PROMPT}"
+
+
+async def one_stream(host: str, port: int, seed: int, max_tokens: int, prompt: str = PROMPT) -> tuple[float, int]:
     """(seconds to the first token event, tokens generated) for one /generate stream.
 
     A bare asyncio HTTP/1.1 client (chunked transfer + SSE parsing by hand): on a 2-core machine
     that also runs the server, a full client library's own per-request work would be counted
     as server latency.
     """
-    prompt = f"{NAMES[seed % len(NAMES)]} and {NAMES[(seed // len(NAMES) + 3) % len(NAMES)]} {PROMPT}" if distinct else PROMPT
     body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "seed": seed}).encode()
     start = time.perf_counter()
     reader, writer = await asyncio.open_connection(host, port)
@@ -95,8 +102,9 @@ async def one_stream(host: str, port: int, seed: int, max_tokens: int, distinct:
 async def burst(port: int, streams: int, max_tokens: int, distinct: bool) -> tuple[list[float], int, float]:
     """(TTFTs in ms, tokens, wall seconds) of `streams` streams started together."""
     start = time.perf_counter()
-    results = await asyncio.gather(*(one_stream("127.0.0.1", port, seed, max_tokens, distinct)
-                                     for seed in range(streams)))
+    prompts = [distinct_prompt(next(PROMPT_NUMBERS)) if distinct else PROMPT for _ in range(streams)]
+    results = await asyncio.gather(*(one_stream("127.0.0.1", port, seed, max_tokens, prompt)
+                                     for seed, prompt in enumerate(prompts)))
     return [r[0] * 1000 for r in results], sum(r[1] for r in results), time.perf_counter() - start
 
 
@@ -122,7 +130,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3, help="bursts per level; percentiles pool them")
     parser.add_argument("--distinct-prompts", action="store_true",
-                        help="a different prompt per stream (default: one shared prompt, as from the web UI)")
+                        help="a new prompt for every stream, never repeated (default: one shared prompt, as "
+                        "from the web UI, which the server's prefix cache serves after its first prefill)")
     parser.add_argument("--max-concurrent", type=int, default=32, help="the server's MAX_CONCURRENT")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", help="the server's --precision (auto, fp32, bf16, int8)")

@@ -123,3 +123,62 @@ def test_ragged_step_logits_match_hf_llama_full_recompute(tokenizer):
                 reference = hf(torch.tensor([context])).logits[0, -1]
                 torch.testing.assert_close(captured["logits"][row], reference, atol=1e-4, rtol=1e-4)
     assert len({len(r.window_ids) for r in requests}) == 3  # the rows really had different lengths
+
+
+def test_prefix_cache_restores_a_seen_prompt_without_prefill_and_changes_nothing(generator):
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.3, max_new_tokens=12, stop_at_eos=False)
+    batch = DecodeBatch(generator.model, generator.eos_id, slots=3, prefix_cache_bytes=2**20)
+    first = generator.new_request(generator.encode_prompt(PROMPTS[0]), params, seed=1)
+    batch.admit([first])
+    while batch.requests:
+        batch.step()
+    calls = []
+    original = generator.model.forward
+    generator.model.forward = lambda ids, *a, **k: calls.append(tuple(ids.shape)) or original(ids, *a, **k)
+    again = [generator.new_request(generator.encode_prompt(p), params, seed=s) for s, p in ((2, PROMPTS[0]), (3, PROMPTS[1]))]
+    batch.admit(again)
+    generator.model.forward = original
+    assert calls[0][0] == 1  # only the unseen prompt was prefilled; the seen one came from the cache
+    while batch.requests:
+        batch.step()
+    assert first.generated == alone(generator, PROMPTS[0], params, 1)
+    assert [r.generated for r in again] == [alone(generator, PROMPTS[0], params, 2), alone(generator, PROMPTS[1], params, 3)]
+
+
+def test_prefix_cache_stays_within_its_byte_budget(generator):
+    params = SamplingParams(temperature=0.0, max_new_tokens=1, stop_at_eos=False)
+    one_entry = DecodeBatch(generator.model, generator.eos_id, slots=1, prefix_cache_bytes=2**20)
+    one_entry.admit([generator.new_request(generator.encode_prompt(PROMPTS[2]), params, seed=0)])
+    budget = 8 * one_entry.prefix_cache.used_bytes  # room for a few entries (each at most a quarter)
+    batch = DecodeBatch(generator.model, generator.eos_id, slots=1, prefix_cache_bytes=budget)
+    for i in range(12):
+        batch.admit([generator.new_request(generator.encode_prompt(f"{PROMPTS[2]} {i}"), params, seed=i)])
+        assert batch.prefix_cache.used_bytes <= budget
+    assert 1 <= len(batch.prefix_cache.entries) < 12
+    assert (tuple([generator.eos_id] + generator.encode_prompt(f"{PROMPTS[2]} 11")) in batch.prefix_cache)  # newest kept
+
+
+def test_a_burst_is_admitted_before_any_decode_step(generator):
+    """While requests keep arriving, every newcomer gets its first token before anyone's second."""
+    from src.generation.scheduler import END, DecodeLoop, run_decode_loop
+
+    params = SamplingParams(temperature=0.0, max_new_tokens=5, stop_at_eos=False)
+    loop = DecodeLoop(generator.model, generator.eos_id, slots=4)
+    arrivals = [generator.new_request(generator.encode_prompt(p), params, seed=0) for p in PROMPTS * 2]
+    emitted = []
+
+    def receive(timeout):  # one request per call while the burst lasts, then run to the end
+        if arrivals:
+            loop.add(6 - len(arrivals), arrivals.pop(0))
+        return not (loop.idle and not arrivals)
+
+    run_decode_loop(loop, receive, emitted.extend)
+    tokens_per_key = {}
+    order = []
+    for key, item in emitted:
+        if item is not END:
+            tokens_per_key[key] = tokens_per_key.get(key, 0) + 1
+            order.append(tokens_per_key[key])
+    assert len(tokens_per_key) == 6 and set(tokens_per_key.values()) == {5}
+    # the first four fill the slots and all get their first token before any second token
+    assert order[:4] == [1, 1, 1, 1]

@@ -16,7 +16,9 @@ def loaded(tiny_checkpoint):
 
 @pytest.fixture()
 def client(loaded):
-    with TestClient(create_app(loaded, ServerSettings(max_concurrent=2, max_queue=2))) as test_client:
+    # decoding on a thread: tests reach into the batch (tests/test_engines.py covers the process)
+    settings = ServerSettings(max_concurrent=2, max_queue=2, engine="thread")
+    with TestClient(create_app(loaded, settings)) as test_client:
         yield test_client
 
 
@@ -87,7 +89,7 @@ def test_prompt_longer_than_context_is_422(client):
 
 
 def test_error_mid_stream_is_reported_then_DONE(client, monkeypatch):
-    batch = client.app.state.scheduler.batch
+    batch = client.app.state.engine.batch
     real_step = batch.step
     calls = []
 
@@ -133,11 +135,12 @@ def test_settings_from_env_and_flags():
     assert flags.port == 9000 and flags.checkpoint == "b.pth" and flags.host == "127.0.0.1"
     with pytest.raises(SystemExit):
         parse_settings([], env={"PORT": "eighty"})
-    tuned = parse_settings(["--precision", "fp32", "--access-log"], env={"THREADS": "3"})
-    assert (tuned.precision, tuned.access_log, tuned.threads) == ("fp32", True, 3)
+    tuned = parse_settings(["--precision", "fp32", "--access-log"], env={"THREADS": "3", "ENGINE": "thread"})
+    assert (tuned.precision, tuned.access_log, tuned.threads, tuned.engine) == ("fp32", True, 3, "thread")
     defaults = parse_settings([], env={})
     assert (defaults.precision, defaults.access_log, defaults.threads, defaults.max_concurrent) == ("auto", False, None, 32)
-    for bad in ({"THREADS": "0"}, {"PRECISION": "int4"}):
+    assert defaults.engine == "auto" and parse_settings(["--engine", "process"], env={}).engine == "process"
+    for bad in ({"THREADS": "0"}, {"PRECISION": "int4"}, {"ENGINE": "fork"}):
         with pytest.raises(SystemExit):
             parse_settings([], env=bad)
 

@@ -74,8 +74,8 @@ def test_16_concurrent_streams_all_complete(loaded):
 
 
 def test_disconnect_frees_the_slot_and_queue_overflow_is_503(loaded):
-    app = create_app(loaded, ServerSettings(max_concurrent=1, max_queue=1))
-    batch = app.state.scheduler.batch
+    app = create_app(loaded, ServerSettings(max_concurrent=1, max_queue=1, engine="thread"))
+    batch = app.state.engine.batch
     real_step = batch.step
     decoded = []
 

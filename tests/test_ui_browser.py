@@ -13,6 +13,7 @@ import pytest
 
 from src.model.checkpoint import load_model
 from src.server.app import create_app
+from src.server.settings import ServerSettings
 from tests.test_server_live import LiveServer
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
@@ -23,8 +24,8 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networkin
 
 
 def test_page_streams_a_story_and_stop_aborts(tiny_checkpoint, tmp_path):
-    app = create_app(load_model(tiny_checkpoint))
-    batch = app.state.scheduler.batch
+    app = create_app(load_model(tiny_checkpoint), ServerSettings(engine="thread"))
+    batch = app.state.engine.batch
     real_step = batch.step
 
     def slow_step():  # slow decoding down so the page can be seen mid-stream

@@ -11,12 +11,14 @@ The CLI's single story is a batch of one, so there is one decoding loop for both
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 
 import torch
 
 from src.generation.presets import SamplingParams
 from src.generation.sampling import RowSettings, sample_tokens
+from src.model.kv_cache import RaggedKVCache
 from src.model.transformer_block import WikiMiniModel
 
 
@@ -48,8 +50,51 @@ class Request:
         self.rng.manual_seed(self.seed)
 
 
+class PrefixCache:
+    """Keys, values and last logits of recently prefilled windows, least recently used evicted
+    first, within a byte budget (0: off). A window seen before (the web UI's default prompt,
+    a client retrying) is copied into its row instead of being prefilled again.
+
+    Entries depend on the window only, so they stay valid for as long as the model is unchanged.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used_bytes = 0
+        self.entries: collections.OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = (
+            collections.OrderedDict())
+
+    def __contains__(self, window: tuple[int, ...]) -> bool:
+        return window in self.entries
+
+    def store(self, window: tuple[int, ...], cache: RaggedKVCache, row: int, logits: torch.Tensor) -> None:
+        n = len(window)
+        keys, values = cache.keys[:, row, :, :n].clone(), cache.values[:, row, :, :n].clone()
+        size = 2 * keys.numel() * keys.element_size() + logits.numel() * logits.element_size()
+        if size > self.max_bytes // 4 or window in self.entries:
+            return
+        while self.used_bytes + size > self.max_bytes:
+            self.used_bytes -= self._size(self.entries.popitem(last=False)[1])
+        self.entries[window] = (keys, values, logits.clone())
+        self.used_bytes += size
+
+    def restore(self, window: tuple[int, ...], cache: RaggedKVCache, row: int) -> torch.Tensor:
+        """Write the window's keys/values into `row`; return its logits."""
+        keys, values, logits = self.entries[window]
+        self.entries.move_to_end(window)
+        n = len(window)
+        cache.keys[:, row, :, :n] = keys
+        cache.values[:, row, :, :n] = values
+        cache.lengths[row] = n
+        return logits
+
+    @staticmethod
+    def _size(entry: tuple[torch.Tensor, ...]) -> int:
+        return sum(t.numel() * t.element_size() for t in entry)
+
+
 class DecodeBatch:
-    def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int) -> None:
+    def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, prefix_cache_bytes: int = 0) -> None:
         self.model = model
         self.eos_id = eos_id
         self.slots = slots
@@ -61,6 +106,7 @@ class DecodeBatch:
         self.seen = torch.zeros(slots, model.config.vocab_size, dtype=torch.bool, device=self.device)
         self.requests: list[Request] = []  # row i decodes requests[i]
         self._settings: RowSettings | None = None
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
 
     @property
     def free_slots(self) -> int:
@@ -77,17 +123,19 @@ class DecodeBatch:
             raise ValueError(f"{len(requests)} requests for {self.free_slots} free slots")
         if not requests:
             return []
-        # Identical windows (many stories start "Once upon a time") are prefilled once: the
-        # first request with a window computes it, the others copy its keys/values and logits.
+        # Identical windows (many stories start "Once upon a time") are computed once: one
+        # request per window leads, prefilled or restored from the prefix cache; the others copy
+        # its keys/values and logits. Rows: leaders to prefill, cached leaders, then the copies.
         window_of = {id(r): tuple(r.window_ids[-self.keep:]) for r in requests}
         first_by_window: dict[tuple[int, ...], Request] = {}
         for request in requests:
             first_by_window.setdefault(window_of[id(request)], request)
-        leaders = list(first_by_window.values())
+        leaders = sorted(first_by_window.values(), key=lambda r: window_of[id(r)] in self.prefix_cache)
         followers = [r for r in requests if r not in leaders]
-        requests = leaders + followers  # rows: one per distinct window first, then the copies
+        requests = leaders + followers
         unique = [window_of[id(r)] for r in leaders]
         source = [unique.index(window_of[id(r)]) for r in requests]  # the row each one copies
+        to_prefill = [w for w in unique if w not in self.prefix_cache]
 
         start = len(self.requests)
         rows = slice(start, start + len(requests))
@@ -95,7 +143,14 @@ class DecodeBatch:
         pairs = [(row, token) for row, r in enumerate(requests, start) for token in r.penalty_ids]
         if pairs:
             self.seen[tuple(torch.tensor(pairs, device=self.device).T)] = True
-        unique_logits = self._prefill(start, [list(w) for w in unique], want_logits=True)
+        leader_logits = []
+        if to_prefill:
+            prefilled = self._prefill(start, [list(w) for w in to_prefill], want_logits=True)
+            leader_logits += list(prefilled)
+            for offset, window in enumerate(to_prefill):
+                self.prefix_cache.store(window, self.cache, start + offset, prefilled[offset])
+        for offset, window in enumerate(unique[len(to_prefill):], start + len(to_prefill)):
+            leader_logits.append(self.prefix_cache.restore(window, self.cache, offset))
         copies = [(start + offset, start + src) for offset, src in enumerate(source) if offset != src]
         if copies:
             targets, sources = (torch.tensor(c, device=self.device) for c in zip(*copies))
@@ -104,7 +159,7 @@ class DecodeBatch:
             self.cache.values[:, targets, :, :span] = self.cache.values[:, sources, :, :span]
             for target, src in copies:
                 self.cache.lengths[target] = self.cache.lengths[src]
-        logits = unique_logits[torch.tensor(source, device=self.device)]
+        logits = torch.stack(leader_logits)[torch.tensor(source, device=self.device)]
         settings = RowSettings.of([r.params for r in requests], self.device)
         tokens = sample_tokens(logits, settings, [r.rng for r in requests], self.seen[rows])
         self.requests.extend(requests)

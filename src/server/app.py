@@ -1,18 +1,16 @@
 """The FastAPI app: web page, SSE generation, health, and an OpenAI-compatible API.
 
-One decode thread runs every active generation in the same forward pass (continuous batching,
-`src/generation/scheduler.py`) and hands tokens to the event loop, which stays free; a client
-that disconnects leaves the batch at the next step. Each request keeps its own random
-generator, so a seeded request gives the same story alone or beside others.
+One decode loop runs every active generation in the same forward pass (continuous batching,
+`src/generation/scheduler.py`), in a process of its own on CPU (`src/server/engines.py`), and
+hands tokens to the event loop, which stays free; a client that disconnects leaves the batch
+at the next step. Each request keeps its own random generator, so a seeded request gives the
+same story alone or beside others.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import json
 import random
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,9 +25,10 @@ from sse_starlette.sse import EventSourceResponse
 
 from src.generation.engine import GenerationResult, Generator
 from src.generation.presets import PRESETS, SamplingParams
-from src.generation.scheduler import END, BatchScheduler
+from src.generation.scheduler import END
 from src.generation.stops import StopSequenceFilter
 from src.model.checkpoint import LoadedModel
+from src.server.engines import ProcessEngine, ThreadEngine
 from src.server.limiter import ServerBusy, SlotLimiter, Ticket
 from src.server.schemas import CompletionRequest, GenerateRequest
 from src.server.settings import ServerSettings
@@ -41,37 +40,6 @@ PAGE = Path(__file__).with_name("static") / "index.html"
 class Finished:
     result: GenerationResult
     finish_reason: str  # "eos", "length" or "stop"
-
-
-class ThreadToLoopRelay:
-    """Hands items from the decode thread to asyncio queues, waking the event loop once per
-    batch of items rather than once per item (a step makes one token for every stream)."""
-
-    def __init__(self) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.items: collections.deque = collections.deque()
-        self.lock = threading.Lock()
-        self.wake_pending = False
-
-    def sender(self, queue: asyncio.Queue):
-        self.loop = asyncio.get_running_loop()
-
-        def send(item) -> None:
-            self.items.append((queue, item))
-            with self.lock:
-                if self.wake_pending:
-                    return
-                self.wake_pending = True
-            self.loop.call_soon_threadsafe(self._deliver)
-
-        return send
-
-    def _deliver(self) -> None:
-        with self.lock:
-            self.wake_pending = False
-        while self.items:
-            queue, item = self.items.popleft()
-            queue.put_nowait(item)
 
 
 class ApiError(Exception):
@@ -97,18 +65,27 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def make_engine(loaded: LoadedModel, settings: ServerSettings) -> ProcessEngine | ThreadEngine:
+    """The decode engine `settings.engine` asks for; "auto" is a separate process on CPU."""
+    on_cpu = loaded.model.tok_embeddings.weight.device.type == "cpu"
+    kind = settings.engine if settings.engine != "auto" else ("process" if on_cpu else "thread")
+    if kind == "process":
+        return ProcessEngine(loaded.model, loaded.eos_id, settings.max_concurrent, settings.decode_threads(on_cpu))
+    return ThreadEngine(loaded.model, loaded.eos_id, settings.max_concurrent)
+
+
 def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     generator = Generator.from_loaded(loaded)
     limiter = SlotLimiter(settings.max_concurrent, settings.max_queue)
-    scheduler = BatchScheduler(generator, slots=settings.max_concurrent)
-    relay = ThreadToLoopRelay()
+    engine = make_engine(loaded, settings)
     model_id = loaded.path.stem
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        engine.start()
         yield
-        scheduler.close()
+        engine.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -118,7 +95,7 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
     )
     app.state.generator = generator
     app.state.limiter = limiter
-    app.state.scheduler = scheduler
+    app.state.engine = engine
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):
@@ -147,6 +124,8 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
         return prompt_ids
 
     def admit(openai: bool) -> Ticket:
+        if engine.failure is not None:
+            raise ApiError(503, f"generation is unavailable: {engine.failure}", openai)
         try:
             return limiter.reserve()
         except ServerBusy:
@@ -161,8 +140,7 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
             request = generator.new_request(prompt_ids, params, seed)
             assembler = generator.assembler(prompt, prompt_ids, params, seed)
             stop_filter = StopSequenceFilter(stops) if stops else None
-            tokens: asyncio.Queue = asyncio.Queue()
-            scheduler.submit(request, relay.sender(tokens))
+            tokens = engine.submit(request)
             try:
                 while True:
                     item = await tokens.get()
@@ -183,7 +161,7 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
                 if tail:
                     yield tail
             finally:
-                scheduler.cancel(request)  # stops decoding when we leave early (disconnect, stop sequence)
+                engine.cancel(request)  # stops decoding when we leave early (disconnect, stop sequence)
             stopped = stop_filter is not None and stop_filter.stopped
             result = assembler.result()
             yield Finished(result, "stop" if stopped else result.finish_reason)
@@ -194,13 +172,14 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
 
     @app.get("/health")
     async def health() -> dict:
-        return {
-            "status": "ok",
+        health = {
+            "status": "ok" if engine.failure is None else "error",
             "model_loaded": True,
             "checkpoint": loaded.name,
             "device": str(loaded.model.tok_embeddings.weight.device),
             "dtype": str(loaded.model.tok_embeddings.weight.dtype).replace("torch.", ""),
             "precision": loaded.precision,
+            "engine": engine.name,
             "parameters": loaded.model.num_parameters(),
             "vocab_size": loaded.config.vocab_size,
             "context_length": loaded.config.max_seq_len,
@@ -210,6 +189,9 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
             "presets": {name: {k: getattr(p, k) for k in ("temperature", "top_k", "top_p", "repetition_penalty")}
                         for name, p in PRESETS.items()},
         }
+        if engine.failure is not None:
+            health["error"] = engine.failure
+        return health
 
     @app.post("/generate", response_class=EventSourceResponse, responses={422: {"description": "invalid request"}})
     async def generate(body: GenerateRequest):

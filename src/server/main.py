@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import sys
 
 import torch
@@ -18,7 +17,7 @@ def build_app(settings: ServerSettings):
 
     device = resolve_device(settings.device)
     if device.type == "cpu":
-        torch.set_num_threads(settings.threads or max(1, (os.cpu_count() or 2) - 1))
+        torch.set_num_threads(settings.decode_threads())
     path = resolve_checkpoint_path(settings.checkpoint)
     precision = inference_precision(device, settings.precision)
     loaded = load_model(path, device=device, precision=precision, tokenizer_path=settings.tokenizer)

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from src.device import DEVICE_CHOICES, PRECISION_CHOICES
+from src.server.engines import ENGINE_CHOICES
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,13 @@ class ServerSettings:
     max_tokens_limit: int = 1000
     access_log: bool = False  # uvicorn's per-request log lines
     threads: int | None = None  # CPU threads for decoding; None: all cores but one (the event loop's)
+    engine: str = "auto"  # where decoding runs: "process", "thread", or "auto" (process on CPU)
+
+    def decode_threads(self, on_cpu: bool = True) -> int | None:
+        """CPU threads for the decode loop: `threads`, else all cores but the event loop's."""
+        if not on_cpu:
+            return self.threads
+        return self.threads or max(1, (os.cpu_count() or 2) - 1)
 
 
 def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> ServerSettings:
@@ -46,6 +54,9 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
     parser.add_argument("--threads", type=int, default=None,
                         help="env THREADS: CPU threads for decoding (default: all cores but one, left to "
                         "the web server; measured 1.1-1.7x the tokens/s of using both cores on 2 cores)")
+    parser.add_argument("--engine", default=env.get("ENGINE", "auto"), choices=ENGINE_CHOICES,
+                        help="env ENGINE: decode in a separate process (default on CPU: the event loop keeps "
+                        "its own GIL) or on a thread of the server process (default on CUDA)")
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
     args = parser.parse_args(argv)
 
@@ -65,7 +76,8 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
     max_queue = integer(args.max_queue, "MAX_QUEUE", 32)
     if not 0 < port < 65536:
         parser.error(f"port must be 1-65535, got {port}")
-    for name, value, choices in (("DEVICE", args.device, DEVICE_CHOICES), ("PRECISION", args.precision, PRECISION_CHOICES)):
+    for name, value, choices in (("DEVICE", args.device, DEVICE_CHOICES), ("PRECISION", args.precision, PRECISION_CHOICES),
+                                  ("ENGINE", args.engine, ENGINE_CHOICES)):
         if value not in choices:  # argparse checks choices on flags only, not on env defaults
             parser.error(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     threads = integer(args.threads, "THREADS", None)
@@ -83,5 +95,6 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
         max_concurrent=max_concurrent,
         max_queue=max_queue,
         threads=threads,
+        engine=args.engine,
         access_log=args.access_log,
     )

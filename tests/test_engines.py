@@ -1,0 +1,103 @@
+"""The decode process: what it streams equals decoding alone; cancelling stops it; if it dies,
+streams and new requests get a clear error instead of hanging."""
+
+import asyncio
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from src.generation import Generator, SamplingParams
+from src.generation.scheduler import END
+from src.model.checkpoint import load_model
+from src.server.app import create_app
+from src.server.engines import DecodeError, ProcessEngine
+from src.server.settings import ServerSettings
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint):
+    return load_model(tiny_checkpoint)
+
+
+async def drain(queue: asyncio.Queue, timeout: float = 30) -> list:
+    items = []
+    while True:
+        item = await asyncio.wait_for(queue.get(), timeout)
+        if item is END or isinstance(item, BaseException):
+            return items + [item]
+        items.append(item)
+
+
+def test_process_engine_streams_equal_each_request_alone(loaded):
+    generator = Generator.from_loaded(loaded)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=25, stop_at_eos=False)
+    sampled = SamplingParams(temperature=1.0, top_k=20, top_p=0.9, repetition_penalty=1.2, max_new_tokens=25)
+    # more requests than slots (some wait), a shared prompt, mixed settings
+    cases = [("Once upon a time", greedy, 0), ("Once upon a time", sampled, 1), ("The dog", sampled, 2),
+             ("Once upon a time", sampled, 3), ("Lily and Tom", greedy, 4), ("The dog", sampled, 5)]
+
+    async def run():
+        engine = ProcessEngine(loaded.model, loaded.eos_id, slots=4, threads=1)
+        engine.start()
+        try:
+            queues = [engine.submit(generator.new_request(generator.encode_prompt(p), params, seed))
+                      for p, params, seed in cases]
+            return await asyncio.gather(*(drain(q) for q in queues))
+        finally:
+            engine.close()
+
+    streamed = asyncio.run(run())
+    for (prompt, params, seed), items in zip(cases, streamed):
+        assert items[-1] is END
+        alone = list(generator.iter_token_ids(generator.encode_prompt(prompt), params, seed))
+        assert items[:-1] == alone
+
+
+def test_cancel_stops_the_decode_process_mid_story(loaded):
+    generator = Generator.from_loaded(loaded)
+    endless = SamplingParams(temperature=1.0, max_new_tokens=100_000, stop_at_eos=False)
+
+    async def run():
+        engine = ProcessEngine(loaded.model, loaded.eos_id, slots=2, threads=1)
+        engine.start()
+        try:
+            request = generator.new_request(generator.encode_prompt("Once"), endless, 0)
+            queue = engine.submit(request)
+            for _ in range(3):
+                await asyncio.wait_for(queue.get(), 30)
+            engine.cancel(request)
+            rest = await drain(queue, timeout=10)
+            # the slot is free again: a new request runs to its end
+            short = engine.submit(generator.new_request(generator.encode_prompt("Once"), endless.replace(max_new_tokens=4), 1))
+            return rest, await drain(short)
+        finally:
+            engine.close()
+
+    rest, short = asyncio.run(run())
+    assert rest[-1] is END and len(rest) < 5_000  # it stopped long before its 100,000 tokens
+    assert short[-1] is END and len(short) == 5
+
+
+def test_a_dead_decode_process_fails_streams_and_the_api_answers_503(loaded):
+    app = create_app(loaded, ServerSettings(engine="process"))
+    with TestClient(app) as client:
+        engine = app.state.engine
+        assert client.get("/health").json()["engine"] == "process"
+        generator = Generator.from_loaded(loaded)
+
+        async def kill_mid_stream():
+            queue = engine.submit(generator.new_request([5, 6], SamplingParams(max_new_tokens=100_000, stop_at_eos=False), 0))
+            await asyncio.wait_for(queue.get(), 30)
+            engine._process.kill()
+            return await drain(queue)
+
+        items = client.portal.call(kill_mid_stream)
+        assert isinstance(items[-1], DecodeError) and "exited" in str(items[-1])
+        deadline = time.time() + 10
+        while engine.failure is None and time.time() < deadline:
+            time.sleep(0.05)
+        health = client.get("/health").json()
+        assert health["status"] == "error" and "exited" in health["error"]
+        response = client.post("/generate", json={"prompt": "Once upon a time"})
+        assert response.status_code == 503 and "generation is unavailable" in response.json()["error"]
