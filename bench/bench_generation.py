@@ -4,7 +4,8 @@
 Same weights everywhere (random init of the chosen shapes: speed does not depend on training;
 HF gets them through our export). Every engine makes exactly --new-tokens tokens (no EOS stop).
 Our engine runs at each weight precision it supports here (fp32, bf16, and int8 weights with
-bf16 activations on CPU); HF generate() runs in fp32 (its CPU default) and bf16; the no-cache
+bf16 activations on CPU), then with its compiled decode step (generate.py --compile) at the
+precision `auto` picks, after the one-off compile (reported as compile_s); HF generate() runs in fp32 (its CPU default) and bf16; the no-cache
 loop re-runs the whole context each token at the precision `auto` picks. Prints a Markdown
 table and JSON.
 
@@ -98,6 +99,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-no-cache", action="store_true")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--skip-compile", action="store_true", help="leave out our compiled decode step (--compile)")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -113,17 +115,22 @@ def main() -> None:
     }
     rows = []
 
-    for precision in ours_precisions:
-        generator = Generator(build_model(config, precision, device), tokenizer)
+    runs = [(precision, False) for precision in ours_precisions] + ([] if args.skip_compile else [(auto, True)])
+    for precision, compiled in runs:
+        generator = Generator(build_model(config, precision, device), tokenizer, compile_decode=compiled)
+        start = time.perf_counter()
+        generator.generate(PROMPT, modes["greedy"].replace(max_new_tokens=8))  # warm-up (and compile)
+        warm_up_s = time.perf_counter() - start
         for mode, params in modes.items():
-            generator.generate(PROMPT, params.replace(max_new_tokens=8))  # warm-up
+            generator.generate(PROMPT, params.replace(max_new_tokens=8))
             ttft = []
 
             def ours():
                 ttft.append(generator.generate(PROMPT, params).time_to_first_token)
 
-            rows.append({"mode": mode, "engine": "ours", "precision": precision,
-                         "tok_s": n / timed(ours, args.repeats, sync), "ttft_ms": 1000 * min(ttft)})
+            rows.append({"mode": mode, "engine": "ours, compiled" if compiled else "ours", "precision": precision,
+                         "tok_s": n / timed(ours, args.repeats, sync), "ttft_ms": 1000 * min(ttft),
+                         **({"compile_s": round(warm_up_s, 1)} if compiled else {})})
     full_prompt = generator.story_prefix + generator.encode_prompt(PROMPT)
 
     if not args.skip_hf:
@@ -176,6 +183,10 @@ def main() -> None:
               f"| {ratio(r['tok_s'], find(r['mode'], 'hf_generate', 'fp32'))} | {ratio(r['tok_s'], same)} "
               f"| {ratio(r['tok_s'], find(r['mode'], 'no_cache_loop', auto))} |")
     print("\n(int8 is compared with HF bf16 in the 'same precision' column: both run bf16 activations.)")
+    for r in rows:
+        if "compile_s" in r:
+            print(f"(compiled decode: one-off compile and warm-up {r['compile_s']} s, before timing)")
+            break
     print("\n" + json.dumps({"config": args.config, "device": str(device), "auto_precision": auto, "new_tokens": n,
                              "cpu": cpu_name(), "threads": torch.get_num_threads(), "rows": rows}, indent=1))
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from src.generation.presets import SamplingParams
-from src.generation.sampling import RowSettings, sample_tokens
-from src.model.kv_cache import RaggedKVCache
+from src.generation.sampling import RowSettings, sample_tokens, sampling_distribution
+from src.model.kv_cache import RaggedKVCache, SingleRowView
 from src.model.transformer_block import WikiMiniModel
 
 
@@ -94,7 +94,8 @@ class PrefixCache:
 
 
 class DecodeBatch:
-    def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, prefix_cache_bytes: int = 0) -> None:
+    def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, prefix_cache_bytes: int = 0,
+                 compile_decode: bool = False) -> None:
         self.model = model
         self.eos_id = eos_id
         self.slots = slots
@@ -107,6 +108,13 @@ class DecodeBatch:
         self.requests: list[Request] = []  # row i decodes requests[i]
         self._settings: RowSettings | None = None
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        # With compile_decode, a lone row decodes through a torch.compile'd forward over fixed
+        # shapes (SingleRowView): one compiled kernel per fused group of small ops instead of
+        # hundreds of eager ops per token. The prefill and batched steps stay eager.
+        self._row_view = SingleRowView(self.cache) if compile_decode else None
+        self._compiled_forward = torch.compile(model, fullgraph=True, dynamic=False) if compile_decode else None
+        self._compiled_distribution = (torch.compile(sampling_distribution, fullgraph=True, dynamic=False)
+                                       if compile_decode else sampling_distribution)
 
     @property
     def free_slots(self) -> int:
@@ -208,9 +216,20 @@ class DecodeBatch:
             self._settings = RowSettings.of([r.params for r in self.requests], self.device)
         n = len(self.requests)
         ids = torch.tensor([[r.next_input] for r in self.requests], dtype=torch.long, device=self.device)
-        logits = self.model(ids, kv_cache=self.cache)[:, -1]
-        tokens = sample_tokens(logits, self._settings, [r.rng for r in self.requests], self.seen[:n])
+        if n == 1 and self._compiled_forward is not None:
+            logits = self._compiled_single_row(ids)
+            distribution = self._compiled_distribution
+        else:
+            logits = self.model(ids, kv_cache=self.cache)[:, -1]
+            distribution = sampling_distribution
+        tokens = sample_tokens(logits, self._settings, [r.rng for r in self.requests], self.seen[:n], distribution)
         return self._record(list(self.requests), 0, tokens)
+
+    def _compiled_single_row(self, ids: torch.Tensor) -> torch.Tensor:
+        self._row_view.position.fill_(self.cache.lengths[0])
+        logits = self._compiled_forward(ids, kv_cache=self._row_view)[:, -1]
+        self.cache.lengths[0] += 1
+        return logits
 
     def _record(self, requests: list[Request], start: int, tokens: torch.Tensor) -> list[tuple[Request, int]]:
         """Note each row's new token (penalty mask, finish), drop finished rows, return the pairs."""

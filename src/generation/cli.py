@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help="weights: auto (GPU bf16; CPU with native bf16: int8 weights + bf16 activations; "
                    "else fp32), fp32, bf16 or int8 (CPU only)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step: about 1.4x the tokens/s with int8 weights on CPU "
+                   "after a one-off compile of 10-20 s (cached on disk); worth it for many or long samples")
     p.add_argument("--no-postprocess", "--no_postprocess", dest="postprocess", action="store_false",
                    help="print the raw model output (no whitespace/capital/punctuation clean-up)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated (raw text)")
@@ -115,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"generate.py: error: {exc}", file=sys.stderr)
         return 2
-    generator = Generator.from_loaded(loaded)
+    generator = Generator.from_loaded(loaded, compile_decode=args.compile)
 
     if args.interactive:
         print(f"Model {loaded.name} ({loaded.model.num_parameters():,} params). Empty line or 'quit' to exit.")

@@ -102,8 +102,10 @@ class TextAssembler:
 
 
 class Generator:
-    def __init__(self, model: WikiMiniModel, tokenizer: Tokenizer, eos_id: int | None = None) -> None:
+    def __init__(self, model: WikiMiniModel, tokenizer: Tokenizer, eos_id: int | None = None,
+                 compile_decode: bool = False) -> None:
         self.model = model.eval()
+        self.compile_decode = compile_decode  # see DecodeBatch: a compiled single-row step
         self.tokenizer = tokenizer
         self.eos_id = eos_id if eos_id is not None else tokenizer.token_to_id(EOS_TOKEN)
         self.device = model.tok_embeddings.weight.device
@@ -113,8 +115,8 @@ class Generator:
         self.story_prefix = [self.eos_id] if tokenizer.token_to_id(EOS_TOKEN) is not None else []
 
     @classmethod
-    def from_loaded(cls, loaded: LoadedModel) -> Generator:
-        return cls(loaded.model, loaded.tokenizer, loaded.eos_id)
+    def from_loaded(cls, loaded: LoadedModel, compile_decode: bool = False) -> Generator:
+        return cls(loaded.model, loaded.tokenizer, loaded.eos_id, compile_decode=compile_decode)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(prompt).ids
@@ -129,7 +131,7 @@ class Generator:
         When the context fills up, the cache restarts from the most recent three quarters of
         the context, so output can run past `max_seq_len` without error.
         """
-        batch = DecodeBatch(self.model, self.eos_id, slots=1)
+        batch = DecodeBatch(self.model, self.eos_id, slots=1, compile_decode=self.compile_decode)
         request = self.new_request(prompt_ids, params, seed)
         emitted = batch.admit([request])
         while True:

@@ -82,20 +82,30 @@ def candidates(logits: torch.Tensor, rows: RowSettings) -> tuple[torch.Tensor, t
     return values, ids
 
 
+def sampling_distribution(logits: torch.Tensor, rows: RowSettings, seen: torch.Tensor | None = None):
+    """(penalized float logits (n, V), CDF over each row's candidates (n, C), their token ids).
+
+    Pure tensor work, no random draw: `DecodeBatch(compile_decode=True)` compiles it."""
+    logits = logits.float()
+    if rows.any_penalty and seen is not None:
+        logits = apply_repetition_penalty(logits, seen, rows.penalty)
+    if rows.all_greedy:
+        return logits, None, None
+    values, ids = candidates(logits, rows)
+    return logits, values.softmax(dim=-1).cumsum(dim=-1), ids
+
+
 def sample_tokens(
     logits: torch.Tensor,
     rows: RowSettings,
     generators: Sequence[torch.Generator],
     seen: torch.Tensor | None = None,
+    distribution=sampling_distribution,
 ) -> torch.Tensor:
     """Next token ids (n,) from last-position logits (n, V); row i draws from `generators[i]`."""
-    logits = logits.float()
-    if rows.any_penalty and seen is not None:
-        logits = apply_repetition_penalty(logits, seen, rows.penalty)
+    logits, cdf, ids = distribution(logits, rows, seen)
     if rows.all_greedy:
         return logits.argmax(dim=-1)
-    values, ids = candidates(logits, rows)
-    cdf = values.softmax(dim=-1).cumsum(dim=-1)
     uniforms = torch.cat([torch.rand(1, generator=g) for g in generators]).to(cdf.device)
     position = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1)).clamp(max=cdf.size(-1) - 1)
     sampled = ids.gather(-1, position).squeeze(-1)

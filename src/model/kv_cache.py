@@ -136,3 +136,37 @@ class RaggedKVCache:
         for row in range(self.active):
             self.lengths[row] += n_tokens
         self._step = None
+
+
+class SingleRowView:
+    """Row 0 of a RaggedKVCache, decoding one token per call with every shape fixed: the position
+    is a tensor, each layer's keys/values are the row's whole capacity, and a mask hides the
+    positions not written yet. A compiled forward is therefore traced once for the whole story
+    (`DecodeBatch(compile_decode=True)`), where the ragged cache's Python lengths would retrace it.
+
+    The owner sets `position` before each call and advances the ragged cache's length after it.
+    """
+
+    def __init__(self, store: RaggedKVCache) -> None:
+        self.layer_keys = list(store.keys[:, 0:1].unbind(0))  # views: writes land in the store
+        self.layer_values = list(store.values[:, 0:1].unbind(0))
+        self.capacity = store.capacity
+        self.position = torch.zeros(1, dtype=torch.long, device=store.keys.device)
+        self.slots = torch.arange(store.capacity, device=store.keys.device)
+
+    def rope_tables(self, cos: torch.Tensor, sin: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if seq_len != 1:
+            raise ValueError("a single-row view decodes one token per call")
+        return cos[self.position][:, None, None, :], sin[self.position][:, None, None, :]
+
+    def next_length(self, seq_len: int) -> int:
+        return self.capacity  # the owner slides the context before the row fills up
+
+    def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor):
+        cached_keys, cached_values = self.layer_keys[layer], self.layer_values[layer]
+        cached_keys.index_copy_(2, self.position, keys.to(cached_keys.dtype))
+        cached_values.index_copy_(2, self.position, values.to(cached_values.dtype))
+        return cached_keys, cached_values, (self.slots <= self.position)[None, None, None, :]
+
+    def advance(self, n_tokens: int) -> None:
+        """Nothing: the owner advances the ragged cache outside the compiled step."""
