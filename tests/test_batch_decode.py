@@ -221,3 +221,23 @@ def test_compiled_step_logits_match_eager_with_int8_weights(tokenizer):
     for eager_logits, compiled_logits in zip(logits[0], logits[1]):
         scale = eager_logits.abs().max()
         assert (eager_logits - compiled_logits).abs().max() <= 0.02 * scale  # bf16 activations, fused in another order
+
+
+def test_prefix_cache_full_of_entries_restores_one_while_storing_another(generator):
+    """A cached window and a new one in the same admission: storing the new one may evict the
+    oldest entry, which must not be the one this admission restores."""
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=3, stop_at_eos=False)
+    prompts = [[40, 41, 42, 50 + i] for i in range(5)]  # equal lengths: equal entry sizes
+    probe = DecodeBatch(generator.model, generator.eos_id, slots=1, prefix_cache_bytes=2**20)
+    probe.admit([generator.new_request(prompts[0], params, seed=0)])
+    batch = DecodeBatch(generator.model, generator.eos_id, slots=3, prefix_cache_bytes=4 * probe.prefix_cache.used_bytes)
+    for prompt in prompts[:4]:  # fill the cache; prompts[0] is now the least recently used
+        batch.admit([generator.new_request(prompt, params, seed=0)])
+        while batch.requests:
+            batch.step()
+    assert len(batch.prefix_cache.entries) == 4
+    requests = [generator.new_request(p, params, seed=0) for p in (prompts[0], prompts[4])]
+    batch.admit(requests)
+    while batch.requests:
+        batch.step()
+    assert [r.generated for r in requests] == [list(generator.iter_token_ids(p, params, 0)) for p in (prompts[0], prompts[4])]

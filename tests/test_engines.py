@@ -101,3 +101,30 @@ def test_a_dead_decode_process_fails_streams_and_the_api_answers_503(loaded):
         assert health["status"] == "error" and "exited" in health["error"]
         response = client.post("/generate", json={"prompt": "Once upon a time"})
         assert response.status_code == 503 and "generation is unavailable" in response.json()["error"]
+
+
+def test_close_ends_open_streams_and_cancel_after_a_crash_is_harmless(loaded):
+    generator = Generator.from_loaded(loaded)
+    endless = SamplingParams(temperature=1.0, max_new_tokens=100_000, stop_at_eos=False)
+
+    async def run():
+        engine = ProcessEngine(loaded.model, loaded.eos_id, slots=2, threads=1)
+        engine.start()
+        crashed = generator.new_request([5, 6], endless, 0)
+        queue = engine.submit(crashed)
+        await asyncio.wait_for(queue.get(), 30)
+        engine._process.kill()
+        engine._process.join(10)
+        engine.cancel(crashed)  # the pipe may be broken already: no exception either way
+        after_crash = await drain(queue)
+        engine.close()
+        engine.start()  # a restart after close() serves again
+        assert engine.failure is None
+        running = engine.submit(generator.new_request([5, 6], endless, 1))
+        await asyncio.wait_for(running.get(), 30)
+        engine.close()  # a stream still open ends with an error instead of hanging
+        return after_crash, await drain(running, timeout=10)
+
+    after_crash, at_close = asyncio.run(run())
+    assert isinstance(after_crash[-1], DecodeError)
+    assert isinstance(at_close[-1], DecodeError) and "shutting down" in str(at_close[-1])

@@ -69,10 +69,11 @@ class PrefixCache:
 
     def store(self, window: tuple[int, ...], cache: RaggedKVCache, row: int, logits: torch.Tensor) -> None:
         n = len(window)
-        keys, values = cache.keys[:, row, :, :n].clone(), cache.values[:, row, :, :n].clone()
+        keys, values = cache.keys[:, row, :, :n], cache.values[:, row, :, :n]
         size = 2 * keys.numel() * keys.element_size() + logits.numel() * logits.element_size()
         if size > self.max_bytes // 4 or window in self.entries:
             return
+        keys, values = keys.clone(), values.clone()
         while self.used_bytes + size > self.max_bytes:
             self.used_bytes -= self._size(self.entries.popitem(last=False)[1])
         self.entries[window] = (keys, values, logits.clone())
@@ -151,14 +152,16 @@ class DecodeBatch:
         pairs = [(row, token) for row, r in enumerate(requests, start) for token in r.penalty_ids]
         if pairs:
             self.seen[tuple(torch.tensor(pairs, device=self.device).T)] = True
+        # restore before storing: a store may evict an entry this admission is about to use
+        restored = [self.prefix_cache.restore(window, self.cache, row)
+                    for row, window in enumerate(unique[len(to_prefill):], start + len(to_prefill))]
         leader_logits = []
         if to_prefill:
             prefilled = self._prefill(start, [list(w) for w in to_prefill], want_logits=True)
             leader_logits += list(prefilled)
             for offset, window in enumerate(to_prefill):
                 self.prefix_cache.store(window, self.cache, start + offset, prefilled[offset])
-        for offset, window in enumerate(unique[len(to_prefill):], start + len(to_prefill)):
-            leader_logits.append(self.prefix_cache.restore(window, self.cache, offset))
+        leader_logits += restored
         copies = [(start + offset, start + src) for offset, src in enumerate(source) if offset != src]
         if copies:
             targets, sources = (torch.tensor(c, device=self.device) for c in zip(*copies))

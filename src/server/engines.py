@@ -114,6 +114,7 @@ class ProcessEngine:
         """Spawn the decode process (once); call on the event loop that will read its tokens."""
         if self._process is not None:
             return
+        self.failure = None  # a restart after close()
         context = torch.multiprocessing.get_context("spawn")
         parent_end, child_end = context.Pipe()
         self._process = context.Process(target=run_decode_process, args=(child_end, *self._child_args),
@@ -137,16 +138,20 @@ class ProcessEngine:
         return queue
 
     def cancel(self, request: Request) -> None:
+        """Stop a request (a client went away); harmless once it is done or the process is gone."""
         key = self._keys.get(request)
         if key is not None and self.failure is None:
-            self._send(("cancel", key))
+            try:
+                self._send(("cancel", key))
+            except DecodeError:
+                pass  # _send has already failed every open stream
 
     def close(self) -> None:
         if self._process is None:
             return
-        if self._loop is not None and self._conn is not None:
-            self._loop.remove_reader(self._conn.fileno())
-        if self.failure is None:
+        alive = self.failure is None
+        self._fail("the server is shutting down")  # streams still open end with this error
+        if alive:
             try:
                 self._conn.send(("close",))
             except OSError:
@@ -156,8 +161,7 @@ class ProcessEngine:
             self._process.terminate()
             self._process.join(timeout=5)
         self._conn.close()
-        self.failure = self.failure or "the server is shutting down"
-        self._process = None
+        self._process = self._conn = None
 
     def _send(self, message: tuple) -> None:
         try:
