@@ -1,14 +1,12 @@
 """Checkpoint format: atomic save, safe load, clear errors, the seed README's snippet."""
 
 import os
-import pickle
 from pathlib import Path
 
 import pytest
 import torch
 
 from src.data.tokenizer import train_bpe_tokenizer
-from src.model import WikiMiniModel
 from src.model.checkpoint import (
     CheckpointError,
     find_best_checkpoint,
