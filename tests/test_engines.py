@@ -20,6 +20,16 @@ def loaded(tiny_checkpoint):
     return load_model(tiny_checkpoint)
 
 
+ENDLESS = SamplingParams(temperature=1.0, max_new_tokens=100_000, stop_at_eos=False)
+
+
+def started_engine(loaded, slots: int = 2) -> ProcessEngine:
+    """A decode process for `loaded`; call on the event loop that will read its tokens."""
+    engine = ProcessEngine(loaded.model, loaded.eos_id, slots=slots, threads=1)
+    engine.start()
+    return engine
+
+
 async def drain(queue: asyncio.Queue, timeout: float = 30) -> list:
     items = []
     while True:
@@ -38,8 +48,7 @@ def test_process_engine_streams_equal_each_request_alone(loaded):
              ("Once upon a time", sampled, 3), ("Lily and Tom", greedy, 4), ("The dog", sampled, 5)]
 
     async def run():
-        engine = ProcessEngine(loaded.model, loaded.eos_id, slots=4, threads=1)
-        engine.start()
+        engine = started_engine(loaded, slots=4)
         try:
             queues = [engine.submit(generator.new_request(generator.encode_prompt(p), params, seed))
                       for p, params, seed in cases]
@@ -56,20 +65,18 @@ def test_process_engine_streams_equal_each_request_alone(loaded):
 
 def test_cancel_stops_the_decode_process_mid_story(loaded):
     generator = Generator.from_loaded(loaded)
-    endless = SamplingParams(temperature=1.0, max_new_tokens=100_000, stop_at_eos=False)
 
     async def run():
-        engine = ProcessEngine(loaded.model, loaded.eos_id, slots=2, threads=1)
-        engine.start()
+        engine = started_engine(loaded)
         try:
-            request = generator.new_request(generator.encode_prompt("Once"), endless, 0)
+            request = generator.new_request(generator.encode_prompt("Once"), ENDLESS, 0)
             queue = engine.submit(request)
             for _ in range(3):
                 await asyncio.wait_for(queue.get(), 30)
             engine.cancel(request)
             rest = await drain(queue, timeout=10)
             # the slot is free again: a new request runs to its end
-            short = engine.submit(generator.new_request(generator.encode_prompt("Once"), endless.replace(max_new_tokens=4), 1))
+            short = engine.submit(generator.new_request(generator.encode_prompt("Once"), ENDLESS.replace(max_new_tokens=4), 1))
             return rest, await drain(short)
         finally:
             engine.close()
@@ -87,7 +94,7 @@ def test_a_dead_decode_process_fails_streams_and_the_api_answers_503(loaded):
         generator = Generator.from_loaded(loaded)
 
         async def kill_mid_stream():
-            queue = engine.submit(generator.new_request([5, 6], SamplingParams(max_new_tokens=100_000, stop_at_eos=False), 0))
+            queue = engine.submit(generator.new_request([5, 6], ENDLESS, 0))
             await asyncio.wait_for(queue.get(), 30)
             engine._process.kill()
             return await drain(queue)
@@ -105,12 +112,10 @@ def test_a_dead_decode_process_fails_streams_and_the_api_answers_503(loaded):
 
 def test_close_ends_open_streams_and_cancel_after_a_crash_is_harmless(loaded):
     generator = Generator.from_loaded(loaded)
-    endless = SamplingParams(temperature=1.0, max_new_tokens=100_000, stop_at_eos=False)
 
     async def run():
-        engine = ProcessEngine(loaded.model, loaded.eos_id, slots=2, threads=1)
-        engine.start()
-        crashed = generator.new_request([5, 6], endless, 0)
+        engine = started_engine(loaded)
+        crashed = generator.new_request([5, 6], ENDLESS, 0)
         queue = engine.submit(crashed)
         await asyncio.wait_for(queue.get(), 30)
         engine._process.kill()
@@ -120,7 +125,7 @@ def test_close_ends_open_streams_and_cancel_after_a_crash_is_harmless(loaded):
         engine.close()
         engine.start()  # a restart after close() serves again
         assert engine.failure is None
-        running = engine.submit(generator.new_request([5, 6], endless, 1))
+        running = engine.submit(generator.new_request([5, 6], ENDLESS, 1))
         await asyncio.wait_for(running.get(), 30)
         engine.close()  # a stream still open ends with an error instead of hanging
         return after_crash, await drain(running, timeout=10)
