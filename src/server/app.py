@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -66,9 +67,11 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def make_engine(loaded: LoadedModel, settings: ServerSettings) -> ProcessEngine | ThreadEngine:
-    """The decode engine `settings.engine` asks for; "auto" is a separate process on CPU."""
+    """The decode engine `settings.engine` asks for. "auto" is a separate process on CPU, except
+    on Windows, whose default event loop cannot watch a pipe (`add_reader`)."""
     on_cpu = loaded.model.tok_embeddings.weight.device.type == "cpu"
-    kind = settings.engine if settings.engine != "auto" else ("process" if on_cpu else "thread")
+    process_ok = on_cpu and sys.platform != "win32"
+    kind = settings.engine if settings.engine != "auto" else ("process" if process_ok else "thread")
     if kind == "process":
         return ProcessEngine(loaded.model, loaded.eos_id, settings.max_concurrent, settings.decode_threads(on_cpu))
     return ThreadEngine(loaded.model, loaded.eos_id, settings.max_concurrent)
