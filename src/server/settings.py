@@ -23,7 +23,7 @@ class ServerSettings:
     max_tokens_limit: int = 1000
     access_log: bool = False  # uvicorn's per-request log lines
     threads: int | None = None  # CPU threads for decoding; None: all cores but one (the event loop's)
-    engine: str = "auto"  # where decoding runs: "process", "thread", or "auto" (process on CPU)
+    engine: str = "auto"  # where decoding runs: "process", "thread", or "auto" (see app.make_engine)
 
     def decode_threads(self, on_cpu: bool = True) -> int | None:
         """CPU threads for the decode loop: `threads`, else all cores but the event loop's."""
@@ -56,7 +56,7 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
                         "the web server; measured 1.1-1.7x the tokens/s of using both cores on 2 cores)")
     parser.add_argument("--engine", default=env.get("ENGINE", "auto"), choices=ENGINE_CHOICES,
                         help="env ENGINE: decode in a separate process (default on CPU: the event loop keeps "
-                        "its own GIL) or on a thread of the server process (default on CUDA)")
+                        "its own GIL) or on a thread of the server process (default on CUDA and Windows)")
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
     args = parser.parse_args(argv)
 
