@@ -95,7 +95,8 @@ class ThreadEngine:
 
 class ProcessEngine:
     """Runs the DecodeLoop in a child process (spawned: safe with PyTorch's thread pools and
-    CUDA). The model's tensors reach the child through shared memory, not a copy."""
+    CUDA). The model's tensors reach the child through shared memory, without pickling their
+    data; the child then decodes from its own copy (see run_decode_process)."""
 
     name = "process"
 
