@@ -4,7 +4,9 @@ concurrent streams against a live `run_ui.py` on a free loopback port.
 
     python bench/bench_server.py [--checkpoint CKPT] [--streams 1 8 32] [--max-tokens 100]
 
-Uses the bundled demo model by default. Prints a Markdown table and JSON.
+Uses the bundled demo model by default; `--distinct-prompts` gives every stream a prompt never
+sent before (the default shares one, which the server's prefix cache serves after its first
+prefill). Prints a Markdown table and JSON.
 """
 
 from __future__ import annotations
@@ -135,11 +137,12 @@ def main() -> None:
     parser.add_argument("--max-concurrent", type=int, default=32, help="the server's MAX_CONCURRENT")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", help="the server's --precision (auto, fp32, bf16, int8)")
+    parser.add_argument("--engine", default="auto", help="the server's --engine (auto, process, thread)")
     args = parser.parse_args()
 
     port = free_port()
     command = [sys.executable, "run_ui.py", "--port", str(port), "--max-concurrent", str(args.max_concurrent),
-               "--max-queue", "64", "--device", args.device, "--precision", args.precision]
+               "--max-queue", "64", "--device", args.device, "--precision", args.precision, "--engine", args.engine]
     if args.checkpoint:
         command += ["--checkpoint", args.checkpoint]
     server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ)
@@ -163,7 +166,7 @@ def main() -> None:
         server.wait(timeout=30)
 
     print(f"\nServer: {health['checkpoint']} ({health['parameters']:,} params) on {health['device']}, "
-          f"precision {health.get('precision', '?')}, "
+          f"precision {health.get('precision', '?')}, decode engine {health.get('engine', '?')}, "
           f"MAX_CONCURRENT {args.max_concurrent}, {args.max_tokens} max tokens per stream, {os.cpu_count()} CPU cores\n")
     print(f"prompts: {'one per stream' if args.distinct_prompts else 'shared'}; {args.rounds} bursts per level, "
           "TTFT percentiles over all of them\n")
@@ -172,7 +175,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['streams']} | {r['completed']}/{r['started']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p95_ms']:.1f} "
               f"| {r['aggregate_tok_s']:.1f} |")
-    print("\n" + json.dumps({"health": {k: health.get(k) for k in ("checkpoint", "device", "parameters", "precision")}, "distinct_prompts": args.distinct_prompts, "rows": rows}, indent=1))
+    print("\n" + json.dumps({"health": {k: health.get(k) for k in ("checkpoint", "device", "parameters", "precision", "engine")}, "distinct_prompts": args.distinct_prompts, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
