@@ -121,6 +121,11 @@ class Generator:
     def encode_prompt(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(prompt).ids
 
+    @staticmethod
+    def seed_for(params: SamplingParams) -> int:
+        """The request's seed, or a fresh random one (reported back, so the story can be redone)."""
+        return params.seed if params.seed is not None else random.randrange(2**31)
+
     def new_request(self, prompt_ids: list[int], params: SamplingParams, seed: int) -> Request:
         """A request for a DecodeBatch: the story prefix, the prompt, the settings and the seed."""
         return Request(self.story_prefix + list(prompt_ids), list(prompt_ids), params, seed)
@@ -143,7 +148,7 @@ class Generator:
 
     def stream(self, prompt: str, params: SamplingParams) -> GenerationStream:
         """Start generating; iterate the returned stream for text deltas."""
-        seed = params.seed if params.seed is not None else random.randrange(2**31)
+        seed = self.seed_for(params)
         prompt_ids = self.encode_prompt(prompt)
         stream = GenerationStream(iter(()))
 

@@ -10,7 +10,6 @@ same story alone or beside others.
 from __future__ import annotations
 
 import json
-import random
 import sys
 import time
 import uuid
@@ -139,7 +138,7 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
     ) -> AsyncIterator[str | Finished]:
         """Text deltas, then one Finished. Waits for a slot first; frees it however it ends."""
         async with ticket:
-            seed = params.seed if params.seed is not None else random.randrange(2**31)
+            seed = generator.seed_for(params)
             request = generator.new_request(prompt_ids, params, seed)
             assembler = generator.assembler(prompt, prompt_ids, params, seed)
             stop_filter = StopSequenceFilter(stops) if stops else None
