@@ -70,7 +70,7 @@ class PrefixCache:
     def store(self, window: tuple[int, ...], cache: RaggedKVCache, row: int, logits: torch.Tensor) -> None:
         n = len(window)
         keys, values = cache.keys[:, row, :, :n], cache.values[:, row, :, :n]
-        size = 2 * keys.numel() * keys.element_size() + logits.numel() * logits.element_size()
+        size = self._size((keys, values, logits))
         if size > self.max_bytes // 4 or window in self.entries:
             return
         keys, values = keys.clone(), values.clone()
