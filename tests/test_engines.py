@@ -86,7 +86,7 @@ def test_cancel_stops_the_decode_process_mid_story(loaded):
     assert short[-1] is END and len(short) == 5
 
 
-def test_a_dead_decode_process_fails_streams_and_the_api_answers_503(loaded):
+def test_a_dead_decode_process_fails_its_streams_and_is_restarted_within_a_limit(loaded):
     app = create_app(loaded, ServerSettings(engine="process"))
     with TestClient(app) as client:
         engine = app.state.engine
@@ -100,10 +100,15 @@ def test_a_dead_decode_process_fails_streams_and_the_api_answers_503(loaded):
             return await drain(queue)
 
         items = client.portal.call(kill_mid_stream)
-        assert isinstance(items[-1], DecodeError) and "exited" in str(items[-1])
-        deadline = time.time() + 10
-        while engine.failure is None and time.time() < deadline:
-            time.sleep(0.05)
+        assert isinstance(items[-1], DecodeError) and "exited" in str(items[-1]) and "restarted" in str(items[-1])
+        health = client.get("/health").json()
+        assert health["status"] == "ok" and health["engine_restarts"] == 1
+        response = client.post("/generate", json={"prompt": "Once upon a time", "max_tokens": 5})
+        assert response.status_code == 200 and '"done": true' in response.text  # the new process serves
+
+        engine.max_restarts = 1  # the limit is reached at the next death: no more restarts
+        items = client.portal.call(kill_mid_stream)
+        assert isinstance(items[-1], DecodeError) and "not restarted" in str(items[-1])
         health = client.get("/health").json()
         assert health["status"] == "error" and "exited" in health["error"]
         response = client.post("/generate", json={"prompt": "Once upon a time"})

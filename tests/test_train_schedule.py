@@ -10,12 +10,12 @@ from src.training.compile import compile_wanted
 from src.training.config import OptimizerConfig
 from src.training.optimizer import build_optimizer, parameter_groups
 from src.training.precision import bf16_supported, choose_precision
-from src.training.schedule import WarmupCosine
+from src.training.schedule import LRSchedule
 from tests.conftest import tiny_model_config
 
 
 def test_linear_warmup_then_cosine_to_min_lr_without_restarts():
-    schedule = WarmupCosine(max_lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=111)  # decay over steps 10..110
+    schedule = LRSchedule(max_lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=111)  # decay over steps 10..110
     lrs = [schedule(step) for step in range(111)]
     warmup = lrs[:10]
     assert warmup[0] == pytest.approx(1e-3 / 11) and all(b > a for a, b in zip(warmup, warmup[1:]))
@@ -31,9 +31,53 @@ def test_linear_warmup_then_cosine_to_min_lr_without_restarts():
 
 
 def test_warmup_longer_than_the_run_stays_linear():
-    schedule = WarmupCosine(max_lr=1.0, min_lr=0.1, warmup_steps=100, total_steps=10)
+    schedule = LRSchedule(max_lr=1.0, min_lr=0.1, warmup_steps=100, total_steps=10)
     lrs = [schedule(step) for step in range(10)]
     assert lrs == pytest.approx([(s + 1) / 11 for s in range(10)])
+
+
+def test_budgeted_schedule_decays_to_min_lr_at_the_end_of_the_budget():
+    schedule = LRSchedule(max_lr=1e-3, min_lr=1e-4, warmup_steps=5, total_steps=None)
+    assert schedule(2, progress=0.01) == pytest.approx(1e-3 * 3 / 6)  # warmup counts steps
+    assert schedule(100, progress=0.5) == pytest.approx((1e-3 + 1e-4) / 2)
+    assert schedule(100, progress=1.0) == pytest.approx(1e-4)
+    assert schedule(100, progress=3.0) == pytest.approx(1e-4)  # clamped past the budget
+    with pytest.raises(ValueError, match="progress"):
+        schedule(100)
+
+
+def test_warmup_stable_decay_holds_the_peak_then_ramps_linearly():
+    schedule = LRSchedule(max_lr=1.0, min_lr=0.0, warmup_steps=0, total_steps=None, shape="wsd", decay_fraction=0.25)
+    assert [schedule(10, p) for p in (0.0, 0.5, 0.75)] == [1.0, 1.0, 1.0]
+    assert schedule(10, 0.875) == pytest.approx(0.5) and schedule(10, 1.0) == pytest.approx(0.0)
+    by_steps = LRSchedule(max_lr=1.0, min_lr=0.0, warmup_steps=0, total_steps=101, shape="wsd", decay_fraction=0.5)
+    assert by_steps(50) == 1.0 and by_steps(75) == pytest.approx(0.5) and by_steps(100) == pytest.approx(0.0)
+
+
+def test_muon_updates_hidden_matrices_and_adamw_the_rest():
+    model = WikiMiniModel(tiny_model_config())
+    optimizer = build_optimizer(model, OptimizerConfig(name="muon", lr=1e-3, muon_lr=2e-2), torch.device("cpu"))
+    muon, adamw = optimizer.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon_names = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    assert muon_names and all(n.startswith("layers.") and n.endswith("proj.weight") for n in muon_names)
+    adamw_names = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert "tok_embeddings.weight" in adamw_names and not muon_names & adamw_names
+    assert len(muon_names) + len(adamw_names) == len(list(model.parameters()))
+    assert [g["lr_ratio"] for g in optimizer.param_groups] == pytest.approx([20.0, 1.0, 1.0])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x = torch.randint(0, model.config.vocab_size, (2, 8))
+    model(x, x)[1].backward()
+    optimizer.step()
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in muon_names)
+    state = optimizer.state_dict()
+    again = build_optimizer(model, OptimizerConfig(name="muon", lr=1e-3), torch.device("cpu"))
+    again.load_state_dict(state)
+    assert torch.equal(again.optimizers[0].state[next(iter(muon.state))]["momentum_buffer"],
+                       muon.state[next(iter(muon.state))]["momentum_buffer"])
+    with pytest.raises(ValueError, match="different optimizer"):
+        again.load_state_dict(build_optimizer(model, OptimizerConfig(), torch.device("cpu")).state_dict())
 
 
 def test_weight_decay_only_on_matrices():

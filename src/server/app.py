@@ -18,10 +18,14 @@ from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import swagger_ui_bundle
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from sse_starlette.sse import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 
 from src.generation.engine import GenerationResult, Generator
 from src.generation.presets import PRESETS, SamplingParams
@@ -30,10 +34,35 @@ from src.generation.stops import StopSequenceFilter
 from src.model.checkpoint import LoadedModel
 from src.server.engines import ProcessEngine, ThreadEngine
 from src.server.limiter import ServerBusy, SlotLimiter, Ticket
-from src.server.schemas import CompletionRequest, GenerateRequest
+from src.server.guards import (
+    BodySizeLimit,
+    SafeJSONResponse,
+    error_body,
+    parse_error_message,
+    validation_details,
+    validation_message,
+)
+from src.server.schemas import (
+    MAX_BODY_BYTES,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    GenerateRequest,
+    OpenAIErrorResponse,
+)
 from src.server.settings import ServerSettings
 
-PAGE = Path(__file__).with_name("static") / "index.html"
+STATIC = Path(__file__).with_name("static")
+PAGE = STATIC / "index.html"
+SSE_EVENT = {"type": "object", "description": "one server-sent event; `data` is JSON, or [DONE] last",
+             "properties": {"data": {"type": "string"}, "event": {"type": "string"}}, "required": ["data"]}
+SSE_CONTENT = {"text/event-stream": {"schema": SSE_EVENT}}
+
+
+def error_responses(model: type, *codes: int) -> dict:
+    reasons = {400: "invalid or unsupported request", 413: "request body too large",
+               422: "invalid request", 503: "busy or unavailable; retry after Retry-After seconds"}
+    return {code: {"model": model, "description": reasons[code]} for code in codes}
 
 
 @dataclass
@@ -46,23 +75,6 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, openai: bool = False) -> None:
         super().__init__(message)
         self.status, self.message, self.openai = status, message, openai
-
-
-def _error_body(message: str, openai: bool) -> dict:
-    if openai:
-        return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
-    return {"error": message}
-
-
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
-        message = error.get("msg", "invalid")
-        if error.get("type") == "extra_forbidden":
-            message = "unsupported field"
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts) or "invalid request"
 
 
 def make_engine(loaded: LoadedModel, settings: ServerSettings) -> ProcessEngine | ThreadEngine:
@@ -94,27 +106,53 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
         title="TinyStories generator",
         description="Stream children's stories from a WikiMiniModel. The web UI is at `/`.",
         version="1.0",
+        default_response_class=SafeJSONResponse,
+        docs_url=None,  # served below from local files: the page and the docs work offline
+        redoc_url=None,
     )
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.state.generator = generator
     app.state.limiter = limiter
     app.state.engine = engine
 
+    def is_openai(request: Request) -> bool:
+        return request.url.path.startswith("/v1/")
+
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):
-        openai = request.url.path.startswith("/v1/")
-        status = 400 if openai else 422
-        body = _error_body(_validation_message(exc), openai)
+        openai = is_openai(request)
+        details = validation_details(exc)
+        body = error_body(validation_message(details), openai)
         if not openai:
-            body["detail"] = json.loads(json.dumps(exc.errors(), default=str))
-        return JSONResponse(body, status_code=status)
+            body["detail"] = details
+        return SafeJSONResponse(body, status_code=400 if openai else 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException):
+        headers = dict(exc.headers or {})  # e.g. Allow on a 405
+        if exc.status_code == 413:
+            headers["Connection"] = "close"
+        return SafeJSONResponse(error_body(parse_error_message(exc), is_openai(request)),
+                                status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, exc: ApiError):
         headers = {"Retry-After": "2"} if exc.status == 503 else None
-        return JSONResponse(_error_body(exc.message, exc.openai), status_code=exc.status, headers=headers)
+        return SafeJSONResponse(error_body(exc.message, exc.openai), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected_error(request: Request, exc: Exception):
+        return SafeJSONResponse(error_body(f"internal error ({type(exc).__name__})", is_openai(request)),
+                                status_code=500)
+
+    # No prompt longer than this many characters can fit the context, whatever its text.
+    max_prompt_chars = loaded.config.max_seq_len * max(len(t) for t in loaded.tokenizer.get_vocab())
 
     def check_prompt(prompt: str, openai: bool) -> list[int]:
         """The prompt's token ids, once they are known to fit the context."""
+        if len(prompt) > max_prompt_chars:
+            raise ApiError(400 if openai else 422, f"prompt is {len(prompt):,} characters; no prompt over "
+                           f"{max_prompt_chars:,} fits the model's context of {loaded.config.max_seq_len} tokens", openai)
         prompt_ids = generator.encode_prompt(prompt)
         n_tokens = len(generator.story_prefix) + len(prompt_ids)
         if n_tokens >= loaded.config.max_seq_len:
@@ -172,6 +210,19 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+    # API docs from the swagger-ui-bundle package's files instead of a CDN
+    app.mount("/static/docs", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API docs",
+                                   swagger_js_url="/static/docs/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/docs/swagger-ui.css", swagger_favicon_url="/favicon.ico")
+
     @app.get("/health")
     async def health() -> dict:
         health = {
@@ -182,12 +233,14 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
             "dtype": str(loaded.model.tok_embeddings.weight.dtype).replace("torch.", ""),
             "precision": loaded.precision,
             "engine": engine.name,
+            "engine_restarts": len(getattr(engine, "restart_times", ())),
             "parameters": loaded.model.num_parameters(),
             "vocab_size": loaded.config.vocab_size,
             "context_length": loaded.config.max_seq_len,
             "active_generations": limiter.active,
             "queued": limiter.waiting,
             "max_concurrent": limiter.max_active,
+            "queue_wait": limiter.queue_wait_ms(),
             "presets": {name: {k: getattr(p, k) for k in ("temperature", "top_k", "top_p", "repetition_penalty")}
                         for name, p in PRESETS.items()},
         }
@@ -195,7 +248,9 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
             health["error"] = engine.failure
         return health
 
-    @app.post("/generate", response_class=EventSourceResponse, responses={422: {"description": "invalid request"}})
+    @app.post("/generate", response_class=EventSourceResponse,
+              responses={200: {"content": SSE_CONTENT, "description": "a story as server-sent events"},
+                         **error_responses(ErrorResponse, 400, 413, 422, 503)})
     async def generate(body: GenerateRequest):
         """Stream a story as server-sent events: `{"token"}` deltas, one `{"done"}`, then `[DONE]`."""
         prompt_ids = check_prompt(body.prompt, openai=False)
@@ -225,7 +280,10 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
     async def list_models() -> dict:
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "tinystories"}]}
 
-    @app.post("/v1/completions", responses={400: {"description": "invalid or unsupported request"}})
+    @app.post("/v1/completions", response_model=CompletionResponse,
+              responses={200: {"content": SSE_CONTENT, "description": "the completion (JSON), or with "
+                               "`stream: true` server-sent events of completion chunks"},
+                         **error_responses(OpenAIErrorResponse, 400, 413, 503)})
     async def completions(body: CompletionRequest):
         """OpenAI-compatible text completions (point the official client's base_url at /v1)."""
         try:
@@ -268,7 +326,7 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
                     async for item in items:
                         if isinstance(item, Finished):
                             final = chunk("", openai_reason.get(item.finish_reason, "stop"))
-                            if (body.stream_options or {}).get("include_usage"):
+                            if body.stream_options is not None and body.stream_options.include_usage:
                                 final["usage"] = usage(item.result)
                             yield {"data": json.dumps(final)}
                         else:

@@ -20,8 +20,10 @@ import asyncio
 import collections
 import copy
 import itertools
+import logging
 import signal
 import threading
+import time
 from multiprocessing.connection import Connection
 
 import torch
@@ -32,6 +34,10 @@ from src.generation.scheduler import END, BatchScheduler, DecodeLoop, run_decode
 from src.model.transformer_block import WikiMiniModel
 
 ENGINE_CHOICES = ("auto", "process", "thread")
+MAX_RESTARTS = 3  # decode-process deaths survived in RESTART_WINDOW_S before the server gives up
+RESTART_WINDOW_S = 600.0
+
+log = logging.getLogger("uvicorn.error")
 
 
 class DecodeError(RuntimeError):
@@ -100,8 +106,11 @@ class ProcessEngine:
 
     name = "process"
 
-    def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, threads: int | None = None) -> None:
+    def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, threads: int | None = None,
+                 max_restarts: int = MAX_RESTARTS) -> None:
         self._child_args = (model, eos_id, slots, threads)
+        self.max_restarts = max_restarts
+        self.restart_times: list[float] = []  # when the decode process was restarted after dying
         self._process = None
         self._conn: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -168,8 +177,8 @@ class ProcessEngine:
         try:
             self._conn.send(message)
         except OSError as exc:
-            self._fail(f"the decode process is gone ({exc})")
-            raise DecodeError(self.failure) from None
+            self._on_child_exit()
+            raise DecodeError(f"the decode process is gone ({exc})") from None
 
     def _on_readable(self) -> None:
         """Deliver every message waiting on the pipe: one per decode step, each a list of
@@ -186,8 +195,29 @@ class ProcessEngine:
                     self._forget(key)
                     queue.put_nowait(END if item is None else DecodeError(item))
         except (EOFError, OSError):
-            code = self._process.exitcode if self._process is not None else None
-            self._fail(f"the decode process exited (exit code {code})")
+            self._on_child_exit()
+
+    def _on_child_exit(self) -> None:
+        """Fail the streams it was decoding, then start a new decode process, within a limit."""
+        self._process.join(timeout=1)
+        code = self._process.exitcode
+        in_flight = len(self._queues)
+        message = f"the decode process exited (exit code {code})"
+        now = time.monotonic()
+        self.restart_times = [t for t in self.restart_times if now - t < RESTART_WINDOW_S]
+        if len(self.restart_times) >= self.max_restarts:
+            self._fail(f"{message}; not restarted: it died {len(self.restart_times) + 1} times in "
+                       f"{RESTART_WINDOW_S:.0f} s")
+            log.error("%s; %d in-flight request(s) failed; not restarting (%d deaths in %.0f s)",
+                      message, in_flight, len(self.restart_times) + 1, RESTART_WINDOW_S)
+            return
+        self._fail(f"{message} while decoding this request; the server restarted it, retry the request")
+        self.restart_times.append(now)
+        log.warning("%s; %d in-flight request(s) failed; restarting it (restart %d of %d allowed in %.0f s)",
+                    message, in_flight, len(self.restart_times), self.max_restarts, RESTART_WINDOW_S)
+        self._conn.close()
+        self._process = self._conn = None
+        self.start()
 
     def _forget(self, key: int) -> None:
         self._queues.pop(key, None)

@@ -1,8 +1,17 @@
-"""At most N generations at once, a bounded queue behind them, and a fast 'busy' beyond that."""
+"""At most N generations at once, a bounded first-come-first-served queue behind them, and a fast
+'busy' beyond that.
+
+A freed slot is handed straight to the oldest waiter (not released for anyone to grab), so
+queued requests start in the order they arrived. The limiter remembers how long recent queued
+requests waited, which /health reports.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import statistics
+import time
 
 
 class ServerBusy(Exception):
@@ -13,9 +22,10 @@ class SlotLimiter:
     def __init__(self, max_active: int, max_waiting: int) -> None:
         self.max_active = max_active
         self.max_waiting = max_waiting
-        self._semaphore = asyncio.Semaphore(max_active)
         self.reserved = 0  # admitted requests: running or waiting
         self.active = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.recent_waits: collections.deque[float] = collections.deque(maxlen=256)  # seconds, queued ones
 
     @property
     def waiting(self) -> int:
@@ -28,6 +38,39 @@ class SlotLimiter:
         self.reserved += 1
         return Ticket(self)
 
+    async def acquire_slot(self) -> None:
+        if self.active < self.max_active and not self._waiters:
+            self.active += 1
+            return
+        started = time.monotonic()
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release_slot()  # handed a slot while being cancelled: pass it on
+            else:
+                self._waiters.remove(future)
+            raise
+        self.recent_waits.append(time.monotonic() - started)
+
+    def release_slot(self) -> None:
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)  # the slot changes hands; `active` stays the same
+                return
+        self.active -= 1
+
+    def queue_wait_ms(self) -> dict[str, float | int]:
+        """How long recently queued requests waited for a slot (median and worst, ms)."""
+        waits = list(self.recent_waits)
+        if not waits:
+            return {"queued_requests": 0, "p50_ms": 0.0, "max_ms": 0.0}
+        return {"queued_requests": len(waits), "p50_ms": round(statistics.median(waits) * 1000, 1),
+                "max_ms": round(max(waits) * 1000, 1)}
+
 
 class Ticket:
     """One admitted request. `async with ticket:` waits for a slot and frees it on exit."""
@@ -38,9 +81,12 @@ class Ticket:
         self.running = False
 
     async def __aenter__(self) -> Ticket:
-        await self.limiter._semaphore.acquire()
+        try:
+            await self.limiter.acquire_slot()
+        except BaseException:  # cancelled while queued: the place is given up
+            self.release()
+            raise
         self.running = True
-        self.limiter.active += 1
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -52,8 +98,7 @@ class Ticket:
         self.released = True
         if self.running:
             self.running = False
-            self.limiter.active -= 1
-            self.limiter._semaphore.release()
+            self.limiter.release_slot()
         self.limiter.reserved -= 1
 
     def __del__(self) -> None:  # a response that never started still gives its place back

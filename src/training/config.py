@@ -3,8 +3,8 @@
     model      ModelConfig (src/model/config.py): the network's shape
     data       tokenizer, train / validation text sources, token cache
     training   batch, accumulation, length of the run, device, precision, eval / save cadence
-    optimizer  AdamW
-    scheduler  linear warmup, then cosine to min_lr
+    optimizer  AdamW, or Muon for the hidden matrices
+    scheduler  linear warmup, then cosine (or warmup-stable-decay) to min_lr
     logging    log cadence, metrics file, progress bar, loss-curve plot
 
 Every section goes through `dataclass_from_dict`, so an unknown or misspelled key is an error
@@ -15,6 +15,7 @@ float. `--set` values are parsed as YAML scalars and validated the same way.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import yaml
 
 from src.config_utils import ConfigError, dataclass_from_dict
 from src.model.config import ModelConfig
+from src.training.schedule import SHAPES
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -54,6 +56,7 @@ class TrainingConfig:
     grad_accum_steps: int = 4  # micro-batches per optimizer step
     epochs: float = 5.0  # length of the run, unless max_steps is set
     max_steps: int | None = None  # optimizer steps; overrides epochs
+    max_minutes: float | None = None  # wall-clock budget; the lr schedule spans it (compile and evaluation excluded)
     max_grad_norm: float = 1.0  # 0 disables clipping
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"  # auto: bf16 on CUDA sm80+ and CPU, fp16 + GradScaler on older GPUs, else fp32
@@ -77,6 +80,8 @@ class TrainingConfig:
                 raise ConfigError(f"training.{name} must be at least 1 (or null), got {getattr(self, name)}")
         if self.epochs <= 0:
             raise ConfigError(f"training.epochs must be positive, got {self.epochs}")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise ConfigError(f"training.max_minutes must be a positive number of minutes, got {self.max_minutes}")
         if self.max_grad_norm < 0 or self.early_stopping_min_delta < 0:
             raise ConfigError("training.max_grad_norm and training.early_stopping_min_delta must be >= 0")
         if self.precision not in PRECISIONS:
@@ -85,17 +90,31 @@ class TrainingConfig:
             raise ConfigError(f"training.compile must be true, false or auto, got {self.compile!r}")
 
 
+OPTIMIZERS = ("adamw", "muon")
+
+
 @dataclass
 class OptimizerConfig:
+    name: str = "adamw"  # adamw | muon (Muon for hidden matrices, AdamW for embeddings, norms, head)
     lr: float = 5e-4
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.1  # applied to matrices only (not norms)
     fused: bool | None = None  # None: fused kernel on CUDA
+    muon_lr: float | None = None  # None: optimizer.lr (Muon's update is scaled to AdamW's RMS)
+    muon_momentum: float = 0.95
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0:
-            raise ConfigError("optimizer.lr and optimizer.eps must be positive, optimizer.weight_decay >= 0")
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
+        for name in ("lr", "eps", "muon_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"optimizer.{name} must be a positive number, got {value}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"optimizer.weight_decay must be a number >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"optimizer.muon_momentum must be in [0, 1), got {self.muon_momentum}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), got {list(self.betas)}")
         self.betas = tuple(self.betas)
@@ -104,11 +123,19 @@ class OptimizerConfig:
 @dataclass
 class SchedulerConfig:
     warmup_steps: int = 2000  # linear warmup from ~0 to optimizer.lr
-    min_lr: float = 5e-5  # cosine decay ends here at the last step
+    min_lr: float = 5e-5  # the decay ends here at the last step (or the end of the budget)
+    shape: str = "cosine"  # cosine | wsd (warmup-stable-decay)
+    decay_fraction: float = 0.2  # wsd: share of the run spent decaying
 
     def __post_init__(self) -> None:
-        if self.warmup_steps < 0 or self.min_lr < 0:
-            raise ConfigError("scheduler.warmup_steps and scheduler.min_lr must be >= 0")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"scheduler.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not (math.isfinite(self.min_lr) and self.min_lr >= 0):
+            raise ConfigError(f"scheduler.min_lr must be a number >= 0, got {self.min_lr}")
+        if self.shape not in SHAPES:
+            raise ConfigError(f"scheduler.shape must be one of {', '.join(SHAPES)}, got {self.shape!r}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ConfigError(f"scheduler.decay_fraction must be in (0, 1], got {self.decay_fraction}")
 
 
 @dataclass

@@ -1,7 +1,17 @@
-"""Learning rate: linear warmup, then one cosine decay to `min_lr` at the run's last step.
+"""Learning rate: linear warmup, then a decay to `min_lr` that ends where the run ends.
 
-A pure function of the optimizer step, so resuming needs only the step count: there is no
-scheduler object whose state could drift from the optimizer's.
+A run ends either at a step count (`total_steps`) or at a wall-clock budget
+(`training.max_minutes`). For a budgeted run the trainer passes `progress`, the share of the
+budget already spent, so a 15-minute run decays to `min_lr` at 15 minutes however many steps
+fit in it: that is what makes recipes comparable at equal time.
+
+Two decay shapes:
+    cosine  one half cosine from `max_lr` to `min_lr` (the reference default)
+    wsd     warmup-stable-decay: `max_lr` until the last `decay_fraction` of the run, then a
+            linear ramp to `min_lr` (MiniCPM, "Scaling Laws and Compute-Optimal Training
+            Beyond Fixed Training Durations")
+
+The rate is a pure function of (step, progress), so resuming needs only those two numbers.
 """
 
 from __future__ import annotations
@@ -9,24 +19,32 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+SHAPES = ("cosine", "wsd")
+
 
 @dataclass(frozen=True)
-class WarmupCosine:
+class LRSchedule:
     max_lr: float
     min_lr: float
     warmup_steps: int
-    total_steps: int  # optimizer steps in the whole run
+    total_steps: int | None  # optimizer steps in the whole run; None for a budgeted run
+    shape: str = "cosine"
+    decay_fraction: float = 0.2  # wsd: share of the run spent decaying
 
-    def __call__(self, step: int) -> float:
-        """Learning rate for optimizer step `step` (0-based: the first update uses step 0)."""
-        warmup = min(self.warmup_steps, self.total_steps)
+    def __call__(self, step: int, progress: float | None = None) -> float:
+        """Rate for optimizer step `step` (0-based); `progress` in [0, 1] is the budget spent."""
+        warmup = self.warmup_steps if self.total_steps is None else min(self.warmup_steps, self.total_steps)
         if step < warmup:  # (step + 1) so the first update is not wasted at lr = 0
             return self.max_lr * (step + 1) / (warmup + 1)
-        decay_steps = max(1, self.total_steps - 1 - warmup)  # min_lr exactly at the last step
-        progress = min(1.0, (step - warmup) / decay_steps)
+        if progress is None:
+            if self.total_steps is None:
+                raise ValueError("a schedule without total_steps needs the run's progress")
+            decay_steps = max(1, self.total_steps - 1 - warmup)  # min_lr exactly at the last step
+            progress = (step - warmup) / decay_steps
+        progress = min(1.0, max(0.0, progress))
+        if self.shape == "wsd":
+            stable = 1.0 - self.decay_fraction
+            if progress <= stable:
+                return self.max_lr
+            return self.max_lr + (progress - stable) / self.decay_fraction * (self.min_lr - self.max_lr)
         return self.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (self.max_lr - self.min_lr)
-
-    def state_dict(self) -> dict:
-        """Recorded in checkpoints for reference; resuming recomputes the schedule from the config."""
-        return {"name": "warmup_cosine", "max_lr": self.max_lr, "min_lr": self.min_lr,
-                "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}

@@ -44,7 +44,7 @@ from src.training.metrics import MetricsLog, plot_loss_curve
 from src.training.optimizer import build_optimizer
 from src.training.precision import choose_precision, enable_tf32
 from src.training.rng import capture_rng_state, restore_rng_state
-from src.training.schedule import WarmupCosine
+from src.training.schedule import LRSchedule
 from src.training.signals import GracefulStop
 from src.training.step import train_step
 
@@ -54,7 +54,7 @@ PLOT_NAME = "loss_curve.png"
 @dataclass
 class TrainResult:
     step: int
-    total_steps: int
+    total_steps: int | None  # None: a run measured by its wall-clock budget
     stop_reason: str  # "completed", "early_stopping", "interrupted" or "already_complete"
     exit_code: int
     output_dir: Path
@@ -130,8 +130,9 @@ class Trainer:
         self.batches = self.data.train
         self.eval_batch_size = eval_batch_size
         self.tokens_per_step = cfg.batch_size * self.seq_len * cfg.grad_accum_steps * info.world_size
-        if cfg.max_steps is not None:
-            self.total_steps = cfg.max_steps
+        self.budget_seconds = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
+        if cfg.max_steps is not None or self.budget_seconds is not None:
+            self.total_steps = cfg.max_steps  # None: the budget alone ends the run
         else:
             self.total_steps = int(cfg.epochs * self.batches.batches_per_epoch // cfg.grad_accum_steps)
             if self.total_steps < 1:
@@ -143,13 +144,16 @@ class Trainer:
 
         # Optimizer and schedule
         self.optimizer = build_optimizer(self.model, config.optimizer, device)
-        self.schedule = WarmupCosine(
-            config.optimizer.lr, config.scheduler.min_lr, config.scheduler.warmup_steps, self.total_steps
-        )
+        sched = config.scheduler
+        self.schedule = LRSchedule(config.optimizer.lr, sched.min_lr, sched.warmup_steps,
+                                   None if self.budget_seconds is not None else self.total_steps,
+                                   sched.shape, sched.decay_fraction)
 
         # Run state (restored on resume)
         self.step = 0
         self.tokens_seen = 0
+        self.train_seconds = 0.0  # time spent in optimizer steps: what a budget counts
+        self.compile_seconds = 0.0  # the first compiled step, left out of the budget
         self.best_val_loss = math.inf
         self.evals_without_improvement = 0
         self.last_eval: dict[str, float] = {}
@@ -183,8 +187,8 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg, log_cfg = self.config.training, self.config.logging
-        if self.step >= self.total_steps:
-            self.log(f"run already complete at step {self.step} of {self.total_steps}")
+        if self.finished():
+            self.log(f"run already complete at step {self.step} ({self.describe_length()})")
             return self.result("already_complete", 0)
         stop_reason, exit_code = "completed", 0
         saved_at = -1
@@ -192,20 +196,28 @@ class Trainer:
         # tokens/s is measured over each log interval, leaving out evaluation and checkpoint time
         self.interval_start, self.interval_paused, self.interval_step = time.perf_counter(), 0.0, self.step
         with GracefulStop() as stop:
-            while self.step < self.total_steps:
-                lr = self.schedule(self.step)
+            while not self.finished():
+                lr = self.schedule(self.step, self.progress())
                 for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_ratio", 1.0)
+                started, compiling = time.perf_counter(), self.compile_pending
                 loss, grad_norm = self.run_step()
+                if compiling:
+                    self.compile_seconds += time.perf_counter() - started
+                    self.log(f"first step (compilation) took {self.compile_seconds:.1f} s"
+                             + (", not counted in the budget" if self.budget_seconds else ""))
+                else:
+                    self.train_seconds += time.perf_counter() - started
                 self.step += 1
                 self.tokens_seen += self.tokens_per_step
                 self.loss_sum += loss
                 self.loss_steps += 1
                 if self.bar is not None:
                     self.bar.update(1)
-                if self.step % log_cfg.log_interval == 0 or self.step == self.total_steps:
+                last = self.finished()
+                if self.step % log_cfg.log_interval == 0 or last:
                     self.log_train(lr, grad_norm)
-                if self.step % cfg.eval_interval == 0 or self.step == self.total_steps:
+                if self.step % cfg.eval_interval == 0 or last:
                     if self.run_evaluation():
                         stop_reason = "early_stopping"
                 if self.step % cfg.save_interval == 0:
@@ -230,6 +242,29 @@ class Trainer:
             if png:
                 self.log(f"loss curve: {png}")
         return self.result(stop_reason, exit_code)
+
+    def finished(self) -> bool:
+        """The step count or the wall-clock budget (the same on every rank) is used up."""
+        if self.total_steps is not None and self.step >= self.total_steps:
+            return True
+        if self.budget_seconds is None:
+            return False
+        # ranks' clocks differ a little: all stop at the same step
+        return any_rank(self.train_seconds >= self.budget_seconds, self.info, self.device)
+
+    def progress(self) -> float | None:
+        """Share of the wall-clock budget spent (None for a run measured in steps)."""
+        if self.budget_seconds is None:
+            return None
+        return min(1.0, self.train_seconds / self.budget_seconds)
+
+    def describe_length(self) -> str:
+        parts = []
+        if self.total_steps is not None:
+            parts.append(f"{self.total_steps:,} steps")
+        if self.budget_seconds is not None:
+            parts.append(f"{self.budget_seconds / 60:g} minutes of training")
+        return " or ".join(parts)
 
     def run_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One optimizer step; the first compiled step falls back to eager if compilation fails."""
@@ -285,6 +320,7 @@ class Trainer:
             "lr": lr,
             "tokens_per_s": tokens_per_s,
             "tokens": self.tokens_seen,
+            "train_seconds": round(self.train_seconds, 3),
             "epoch": round(epoch, 4),
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
         }
@@ -292,9 +328,19 @@ class Trainer:
         if self.bar is not None:
             self.bar.set_postfix_str(f"loss {train_loss:.4f} lr {lr:.2e} {tokens_per_s:,.0f} tok/s")
         else:
-            remaining = (self.total_steps - self.step) * self.tokens_per_step / tokens_per_s
-            self.log(f"step {self.step}/{self.total_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
-                     f"{tokens_per_s:,.0f} tok/s | eta {format_seconds(remaining)}")
+            total = f"/{self.total_steps}" if self.total_steps is not None else ""
+            self.log(f"step {self.step}{total} | loss {train_loss:.4f} | lr {lr:.2e} | "
+                     f"{tokens_per_s:,.0f} tok/s | elapsed {format_seconds(self.train_seconds)} | "
+                     f"eta {format_seconds(self.remaining_seconds(tokens_per_s))}")
+
+    def remaining_seconds(self, tokens_per_s: float) -> float:
+        """Training time left: the budget's rest, or the steps' rest at the current pace."""
+        left = []
+        if self.total_steps is not None:
+            left.append((self.total_steps - self.step) * self.tokens_per_step / max(tokens_per_s, 1e-9))
+        if self.budget_seconds is not None:
+            left.append(self.budget_seconds - self.train_seconds)
+        return max(0.0, min(left))
 
     def run_evaluation(self) -> bool:
         """Evaluate, save a best checkpoint on improvement; True when early stopping triggers."""
@@ -343,7 +389,8 @@ class Trainer:
                 "tokens_seen": self.tokens_seen,
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "schedule": self.schedule.state_dict(),
+                "train_seconds": self.train_seconds,
+                "compile_seconds": self.compile_seconds,
                 "data": self.batches.state_dict(),
                 "ranks": per_rank,
                 "world_size": self.info.world_size,
@@ -374,7 +421,10 @@ class Trainer:
         if others:
             self.warn(f"resuming with changed settings: {', '.join(others)}")
         self.model.load_state_dict(checkpoint["model_state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"cannot resume {path}: optimizer state does not fit ({exc})") from None
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         try:
@@ -383,6 +433,8 @@ class Trainer:
             raise ConfigError(f"cannot resume {path}: {exc}") from None
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.compile_seconds = float(state.get("compile_seconds", 0.0))
         self.best_val_loss = float(state["best_val_loss"])
         self.best = BestCheckpoints(self.output_dir, self.config.training.keep_best, state["best_checkpoints"])
         self.evals_without_improvement = int(state["evals_without_improvement"])
@@ -431,7 +483,7 @@ class Trainer:
         )
         self.log(
             f"batch {cfg.batch_size} x accum {cfg.grad_accum_steps} x {self.info.world_size} process(es) x "
-            f"{self.seq_len} = {self.tokens_per_step:,} tokens/step | {self.total_steps:,} steps | "
+            f"{self.seq_len} = {self.tokens_per_step:,} tokens/step | {self.describe_length()} | "
             f"output {self.output_dir}"
         )
 

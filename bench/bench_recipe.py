@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Training recipes at equal wall-clock time: which one turns the same minutes into the best model.
+
+Each named recipe in bench/recipes.yaml (a base config plus `--set` overrides) trains with
+`train.py` for the same `training.max_minutes`, so its warmup and decay span exactly the
+budget (the first, compiling step is left out of the clock and reported). Then its final
+model is scored on every window of the validation text (`training.eval_batches=null`: the
+trainer's validation is the evaluator's `sum_nats`). One table compares them:
+
+    recipe | params | steps | tokens seen | tokens/s | valid loss | bits/byte | vs the first row
+
+Runs are appended to `<out-dir>/results.jsonl` as they finish, so a long queue can be
+stopped and continued; a recipe that already has a result for the same budget is not rerun
+unless `--rerun`. `--cpus 1 --threads 1` pins each run to one core (e.g. to leave the other
+one free); every recipe in a comparison should run under the same setting.
+
+    python bench/bench_recipe.py --minutes 15 --recipes baseline,muon_lr4e-3
+    python bench/bench_recipe.py --minutes 15 --cpus 1 --threads 1      # every recipe, one core
+    python bench/bench_recipe.py --table-only                          # print what has been run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RUN_SETTINGS = [  # the protocol: same for every recipe
+    "training.max_steps=null",
+    "training.eval_interval=100000000",  # one validation, at the end of the budget
+    "training.eval_batches=null",  # ... over every window of the validation text
+    "training.save_interval=100000000",
+    "training.early_stopping_patience=null",
+    "training.keep_best=1",
+    "logging.plot=false",
+    "logging.progress_bar=false",
+    "logging.log_interval=25",
+]
+
+
+def load_recipes(path: Path) -> dict:
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(spec, dict) or not isinstance(spec.get("recipes"), dict):
+        raise SystemExit(f"{path}: expected 'base', 'common' and a 'recipes' mapping")
+    return spec
+
+
+def read_metrics(path: Path) -> tuple[dict, dict]:
+    """(last training record, last validation record) of a run's metrics.jsonl."""
+    train, val = {}, {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if "train_loss" in record:
+            train = record
+        if "val_loss" in record:
+            val = record
+    return train, val
+
+
+def count_parameters(config_path: str, overrides: list[str]) -> int:
+    from src.model.transformer_block import WikiMiniModel
+    from src.training.config import load_train_config
+
+    return WikiMiniModel(load_train_config(config_path, overrides).model).num_parameters()
+
+
+def run_recipe(name: str, spec: dict, minutes: float, out_dir: Path, cpus: list[int] | None,
+               threads: int | None) -> dict:
+    run_dir = out_dir / f"{name}_{minutes:g}min"
+    if run_dir.exists():  # a killed earlier attempt: start again from scratch
+        for child in sorted(run_dir.rglob("*"), reverse=True):
+            child.unlink() if child.is_file() else child.rmdir()
+    overrides = list(spec.get("common") or []) + list(spec["recipes"][name] or []) + RUN_SETTINGS + [
+        f"training.max_minutes={minutes}", f"training.output_dir={run_dir}"]
+    command = [sys.executable, "train.py", "--config", spec["base"]]
+    for item in overrides:
+        command += ["--set", item]
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "train.log"
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {minutes:g} min -> {run_dir}", flush=True)
+    started = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
+        raise RuntimeError(f"{name} failed (exit {process.returncode}); {log_path}:\n" + "\n".join(tail))
+    train, val = read_metrics(run_dir / "metrics.jsonl")
+    compile_line = next((line for line in log_path.read_text(encoding="utf-8").splitlines()
+                         if "first step (compilation)" in line), "")
+    return {
+        "recipe": name,
+        "minutes": minutes,
+        "overrides": list(spec["recipes"][name] or []),
+        "params": count_parameters(spec["base"], overrides),
+        "steps": train.get("step"),
+        "tokens": train.get("tokens"),
+        "train_seconds": train.get("train_seconds"),
+        "tokens_per_s": train["tokens"] / train["train_seconds"] if train.get("train_seconds") else None,
+        "val_loss": val.get("val_loss"),
+        "val_bpb": val.get("val_bpb"),
+        "compile_note": compile_line.strip(),
+        "wall_seconds": round(wall, 1),
+        "cpus": cpus,
+        "threads": threads or torch_threads(),
+        "machine": machine(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def machine() -> str:
+    from src.device import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}"
+
+
+def print_table(rows: list[dict]) -> None:
+    if not rows:
+        print("no results yet")
+        return
+    reference = rows[0]["val_bpb"]
+    header = f"| recipe | min | params | steps | tokens seen | tokens/s | valid loss | bits/byte | vs {rows[0]['recipe']} |"
+    print(header)
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['recipe']} | {row['minutes']:g} | {row['params'] / 1e6:.2f}M | {row['steps']:,} | "
+              f"{row['tokens'] / 1e6:.2f}M | {row['tokens_per_s']:,.0f} | {row['val_loss']:.4f} | "
+              f"{row['val_bpb']:.4f} | {row['val_bpb'] / reference:.3f}x |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", help="comma-separated names (default: all in the recipes file)")
+    parser.add_argument("--recipes-file", default=str(ROOT / "bench" / "recipes.yaml"))
+    parser.add_argument("--minutes", type=float, default=15.0, help="training budget per recipe")
+    parser.add_argument("--out-dir", default=str(ROOT / "checkpoints" / "recipes"))
+    parser.add_argument("--cpus", help="comma-separated CPU ids to pin each run to, e.g. 1")
+    parser.add_argument("--threads", type=int, help="torch threads per run (OMP_NUM_THREADS)")
+    parser.add_argument("--rerun", action="store_true", help="run recipes that already have a result")
+    parser.add_argument("--table-only", action="store_true", help="print the table of finished runs")
+    args = parser.parse_args()
+
+    spec = load_recipes(Path(args.recipes_file))
+    names = args.recipes.split(",") if args.recipes else list(spec["recipes"])
+    unknown = [n for n in names if n not in spec["recipes"]]
+    if unknown:
+        parser.error(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(spec['recipes'])}")
+    out_dir = Path(args.out_dir)
+    results_path = out_dir / "results.jsonl"
+    done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+
+    def finished(name: str) -> dict | None:
+        return next((r for r in reversed(done) if r["recipe"] == name and r["minutes"] == args.minutes), None)
+
+    if not args.table_only:
+        cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else None
+        for name in names:
+            if finished(name) and not args.rerun:
+                print(f"{name}: already run for {args.minutes:g} min (--rerun to repeat)")
+                continue
+            row = run_recipe(name, spec, args.minutes, out_dir, cpus, args.threads)
+            done.append(row)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with open(results_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"  {name}: {row['steps']} steps, {row['tokens_per_s']:,.0f} tok/s, "
+                  f"valid bits/byte {row['val_bpb']:.4f}", flush=True)
+    rows = [r for r in (finished(n) for n in names) if r]
+    if rows:
+        print(f"\n{rows[0]['machine']}; budget {args.minutes:g} min per recipe, "
+              f"threads {rows[0]['threads']}, cpus {rows[0]['cpus'] or 'all'}")
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
