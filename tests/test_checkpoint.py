@@ -159,3 +159,58 @@ def test_compact_checkpoint_drops_training_state_and_halves_weights(tmp_path, to
     assert state["output.weight"].untyped_storage().data_ptr() == state["tok_embeddings.weight"].untyped_storage().data_ptr()
     x = torch.randint(0, 384, (1, 12))
     assert (load_model(small).model(x) - tiny_model(x)).abs().max().item() < 0.05
+
+
+def test_disk_full_while_saving_is_a_clear_error_and_keeps_the_old_file(tmp_path, tokenizer, tiny_model, monkeypatch):
+    import errno
+
+    path = save_checkpoint(tmp_path / "latest.pth", tiny_model, tokenizer, metrics={"step": 1})
+    before = path.read_bytes()
+
+    def full_disk(obj, handle, *a, **k):
+        handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="No space left on device; the previous file is unchanged"):
+        save_checkpoint(path, tiny_model, tokenizer, metrics={"step": 2})
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["latest.pth"]
+
+
+def test_a_different_tokenizer_of_the_same_size_is_refused(tmp_path, tiny_checkpoint):
+    from tests.conftest import TINY_STORIES
+    from src.data.tokenizer import train_bpe_tokenizer
+
+    other = train_bpe_tokenizer([s.upper() for s in TINY_STORIES] * 20, vocab_size=384, min_frequency=1)
+    other_path = tmp_path / "other.json"
+    other.save(str(other_path))
+    with pytest.raises(CheckpointError, match="not the one this checkpoint was trained with"):
+        load_model(tiny_checkpoint, tokenizer_path=other_path)
+
+
+def test_an_altered_tokenizer_or_nan_weights_are_refused(tmp_path, tiny_checkpoint):
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    altered = dict(checkpoint, tokenizer_json=checkpoint["tokenizer_json"].replace('"Ġthe"', '"Ġthf"', 1))
+    torch.save(altered, tmp_path / "altered.pth")
+    with pytest.raises(CheckpointError, match="tokenizer_sha256"):
+        load_model(tmp_path / "altered.pth")
+    weights = dict(checkpoint["model_state_dict"])
+    weights["norm.weight"] = weights["norm.weight"].clone().fill_(float("nan"))
+    torch.save(dict(checkpoint, model_state_dict=weights), tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        load_model(tmp_path / "nan.pth")
+
+
+def test_generate_cli_refuses_nan_weights_with_exit_2(tmp_path, tiny_checkpoint):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    weights = dict(checkpoint["model_state_dict"])
+    weights["norm.weight"] = weights["norm.weight"].clone().fill_(float("inf"))
+    torch.save(dict(checkpoint, model_state_dict=weights), tmp_path / "inf.pth")
+    proc = subprocess.run([sys.executable, "generate.py", "--checkpoint", str(tmp_path / "inf.pth"), "--prompt", "Once"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "NaN or infinite" in proc.stderr and "Traceback" not in proc.stderr

@@ -79,6 +79,21 @@ def test_truncated_cache_is_detected_and_rebuilt(story_file, tokenizer, tmp_path
     assert np.array_equal(np.asarray(rebuilt.tokens), good)
 
 
+def test_right_size_wrong_contents_is_detected_and_rebuilt(story_file, tokenizer, tmp_path, caplog):
+    cache = build(story_file, tokenizer, tmp_path)
+    good = np.asarray(cache.tokens).copy()
+    path = cache.path
+    del cache
+    garbage = np.full(len(good), 65000, dtype=good.dtype)  # ids far beyond the vocabulary, same size
+    path.write_bytes(garbage.tobytes())
+    with pytest.raises(CacheError, match="sha256"):
+        load_token_cache(path, tokenizer)
+    with caplog.at_level("WARNING"):
+        rebuilt = build(story_file, tokenizer, tmp_path)
+    assert "rebuilding token cache" in caplog.text
+    assert np.array_equal(np.asarray(rebuilt.tokens), good)
+
+
 def test_missing_or_mismatched_sidecar_is_rebuilt(story_file, tokenizer, tmp_path):
     cache = build(story_file, tokenizer, tmp_path)
     sidecar = cache.path.with_suffix(".json")

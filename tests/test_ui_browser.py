@@ -58,3 +58,53 @@ def test_page_streams_a_story_and_stop_aborts(tiny_checkpoint, tmp_path):
         page.wait_for_function("getComputedStyle(document.getElementById('error')).display === 'block'")
         assert "context is 64 tokens" in page.inner_text("#error")
         browser.close()
+
+
+def test_page_runs_one_request_at_a_time_and_checks_its_fields(tiny_checkpoint):
+    app = create_app(load_model(tiny_checkpoint), ServerSettings(engine="thread"))
+    batch = app.state.engine.batch
+    real_step = batch.step
+
+    def slow_step():
+        time.sleep(0.03)
+        return real_step()
+
+    batch.step = slow_step
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page()
+        posts = []
+        page.on("request", lambda r: posts.append(r) if r.url.endswith("/generate") else None)
+        with LiveServer(app) as live:
+            check_page_while_serving(page, live, posts)
+        # the server is gone: the page says so in words
+        page.click("#generate")
+        page.wait_for_function("document.getElementById('error').textContent.includes('Cannot reach the server')")
+        assert live.url in page.inner_text("#error")
+        browser.close()
+
+
+def check_page_while_serving(page, live, posts):
+    page.goto(live.url)
+    page.wait_for_function("document.querySelector('#presets button.active') !== null")
+    assert page.get_attribute("#temperature", "min") == "0"  # greedy is reachable
+    page.fill("#top_k", "7")  # a manual edit: no preset is highlighted any more
+    assert page.locator("#presets button.active").count() == 0
+
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('generate').textContent.startsWith('Generating')")
+    page.focus("#prompt")
+    page.keyboard.press("Control+Enter")  # while streaming: must not start a second request
+    page.wait_for_timeout(300)
+    assert len(posts) == 1
+    page.click("#stop")
+    page.wait_for_function("document.getElementById('status').textContent === 'Stopped.'")
+    assert page.inner_text("#generate") == "Generate"
+
+    page.fill("#top_k", "")  # empty is an error, not a silent 0
+    page.click("#generate")
+    page.wait_for_function("getComputedStyle(document.getElementById('error')).display === 'block'")
+    assert "Top-k is empty" in page.inner_text("#error") and len(posts) == 1
+    page.fill("#top_k", "40")
+    favicon = page.request.get(f"{live.url}/favicon.ico")
+    assert favicon.ok

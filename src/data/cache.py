@@ -4,8 +4,10 @@ Layout: `<name>.bin` holds the tokens of every story followed by EOS, flat, as u
 when the vocabulary needs it); `<name>.json` beside it records how it was made (format version,
 tokenizer sha256, source fingerprint, dtype, token / story / UTF-8 byte counts). The file name
 carries the tokenizer hash and the source fingerprint, so a new tokenizer or changed data never
-meets a stale cache. A cache whose sidecar is missing or disagrees, or whose size is not
-n_tokens * itemsize, is rebuilt (with a warning), never used.
+meets a stale cache. A cache whose sidecar is missing or disagrees, whose size is not
+n_tokens * itemsize, or whose contents no longer match the sidecar's sha256 (a file of the right
+size with the wrong tokens would otherwise crash training with out-of-range ids), is rebuilt
+(with a warning), never used.
 
 The build streams: chunks of stories go through `Tokenizer.encode_batch` (parallel in Rust) and
 are appended to a temp file that is renamed into place at the end, so memory stays flat as the
@@ -14,6 +16,7 @@ corpus grows and an interrupted build leaves no half cache.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -31,7 +34,7 @@ from src.data.atomic_files import atomic_output, atomic_write_text
 from src.data.sources import TextSource, open_source
 from src.data.tokenizer import TokenizerError, eos_token_id, tokenizer_sha256
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: the sidecar records the tokens' sha256
 DEFAULT_CACHE_DIR = "data/cache"
 STORIES_PER_CHUNK = 2048  # stories per encode_batch call: big enough to keep all cores busy
 
@@ -112,8 +115,19 @@ def load_token_cache(
         raise CacheError(
             f"{bin_path}: {size} bytes on disk, sidecar says {n_tokens} tokens x {dtype.itemsize} bytes (truncated?)"
         )
+    digest = file_sha256(bin_path)
+    if digest != meta.get("sha256"):
+        raise CacheError(f"{bin_path}: contents do not match the sidecar's sha256 (corrupted or overwritten)")
     tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(n_tokens,))
     return TokenCache(tokens, n_tokens, int(meta["n_stories"]), int(meta["n_bytes"]), bin_path, meta)
+
+
+def file_sha256(path: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while data := handle.read(block):
+            digest.update(data)
+    return digest.hexdigest()
 
 
 def build_token_cache(
@@ -132,6 +146,7 @@ def build_token_cache(
     dtype = token_dtype(vocab_size)
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # fast: skips offsets
     n_tokens = n_stories = n_bytes = 0
+    digest = hashlib.sha256()
     start = time.perf_counter()
     progress = tqdm(
         total=source.total_bytes(),
@@ -147,6 +162,7 @@ def build_token_cache(
             story_ids = itertools.chain.from_iterable((e.ids, (eos,)) for e in encodings)
             ids = np.fromiter(itertools.chain.from_iterable(story_ids), dtype=dtype)
             ids.tofile(out)
+            digest.update(ids.tobytes())
             chunk_bytes = sum(len(story.encode("utf-8")) for story in chunk)
             n_tokens += len(ids)
             n_stories += len(chunk)
@@ -164,6 +180,7 @@ def build_token_cache(
         "n_tokens": n_tokens,
         "n_stories": n_stories,
         "n_bytes": n_bytes,
+        "sha256": digest.hexdigest(),
         "build_seconds": round(time.perf_counter() - start, 3),
     }
     atomic_write_text(bin_path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")

@@ -17,6 +17,7 @@ Nothing here ever unpickles arbitrary objects.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -88,11 +89,15 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
     A crash or Ctrl-C mid-write leaves the previous file intact, never a half-written one.
     """
-    with atomic_output(path) as tmp:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+    try:
+        with atomic_output(path) as tmp:
+            with open(tmp, "wb") as handle:
+                torch.save(obj, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except OSError as exc:  # e.g. the disk is full: say so, and say nothing was lost
+        kept = "the previous file is unchanged" if Path(path).exists() else "nothing was written"
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}; {kept}") from None
 
 
 def save_checkpoint(
@@ -179,17 +184,42 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def checkpoint_tokenizer(checkpoint: Mapping[str, Any], override: str | Path | None = None) -> Tokenizer:
-    """The checkpoint's own tokenizer, or `override` (a tokenizer dir/file) when given."""
+    """The checkpoint's own tokenizer (checked against its stored hash), or `override` (a
+    tokenizer dir/file), which must then have the same vocabulary as the checkpoint's own."""
+    stored_json = checkpoint.get("tokenizer_json")
+    stored_hash = checkpoint.get("tokenizer_sha256")
+    if stored_json is not None and stored_hash is not None:
+        if hashlib.sha256(str(stored_json).encode("utf-8")).hexdigest() != stored_hash:
+            raise CheckpointError("the checkpoint's tokenizer does not match its recorded tokenizer_sha256 "
+                                  "(the file was altered or corrupted)")
     try:
-        if override is not None:
-            return load_tokenizer(override)
-        if "tokenizer_json" not in checkpoint:
-            raise CheckpointError(
-                "checkpoint carries no tokenizer; pass a tokenizer path (TOKENIZER_PATH / --tokenizer)"
-            )
-        return tokenizer_from_json(checkpoint["tokenizer_json"])
+        own = tokenizer_from_json(stored_json) if stored_json is not None else None
+        if override is None:
+            if own is None:
+                raise CheckpointError(
+                    "checkpoint carries no tokenizer; pass a tokenizer path (TOKENIZER_PATH / --tokenizer)"
+                )
+            return own
+        other = load_tokenizer(override)
     except TokenizerError as exc:
         raise CheckpointError(str(exc)) from None
+    if own is not None and other.get_vocab() != own.get_vocab():
+        theirs, ours = other.get_vocab(), own.get_vocab()
+        differ = sum(1 for token, index in ours.items() if theirs.get(token) != index) + len(set(theirs) - set(ours))
+        raise CheckpointError(
+            f"tokenizer {override} is not the one this checkpoint was trained with ({differ} of {len(ours)} "
+            "token ids differ); leave out the tokenizer override to use the checkpoint's own"
+        )
+    return other
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
+    """NaN or infinite weights (a diverged run) would only ever print garbage: refuse them."""
+    bad = [name for name, tensor in state_dict.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                              f"(e.g. {bad[0]}); the run that wrote it diverged")
 
 
 def load_model(
@@ -217,6 +247,7 @@ def load_model(
             f"tokenizer/model mismatch: the tokenizer has {tokenizer.get_vocab_size()} tokens but "
             f"the model's vocab_size is {config.vocab_size}"
         )
+    check_finite(checkpoint["model_state_dict"], path)
     model = WikiMiniModel(config)
     try:
         model.load_state_dict(checkpoint["model_state_dict"])
