@@ -25,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure a checkpoint: held-out loss / perplexity / bits per byte, then articles, "
         "grammar (raw and post-processed), repetition and length of seeded generations.",
     )
-    p.add_argument("--checkpoint", help="a .pth checkpoint (default: $CHECKPOINT_PATH, the best in "
-                   "checkpoints/, then the demo model)")
+    p.add_argument("--checkpoint", help="a .pth checkpoint (default: $CHECKPOINT_PATH, the newest "
+                   "training run's best, then the demo model)")
     p.add_argument("--data", default=DEFAULT_VALIDATION_SOURCE,
                    help="held-out text: a Hugging Face dataset[:split] or a local .txt/.jsonl/.json file or folder; "
                    f"'none' skips the held-out part (default: {DEFAULT_VALIDATION_SOURCE})")

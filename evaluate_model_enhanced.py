@@ -22,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="evaluate_model_enhanced.py",
         description="Score every sampling preset on the same prompts and seeds and pick the best one.",
     )
-    p.add_argument("--checkpoint", help="a .pth checkpoint (default: $CHECKPOINT_PATH, the best in "
-                   "checkpoints/, then the demo model)")
+    p.add_argument("--checkpoint", help="a .pth checkpoint (default: $CHECKPOINT_PATH, the newest "
+                   "training run's best, then the demo model)")
     p.add_argument("--prompts", help="file with one prompt per line (default: the seed's five prompts)")
     p.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(PRESETS),
                    help=f"presets to compare (default: all of {', '.join(PRESETS)})")

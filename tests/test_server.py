@@ -130,7 +130,8 @@ def test_openai_non_streaming_and_unsupported_fields(client):
 
 def test_settings_from_env_and_flags():
     settings = parse_settings([], env={"PORT": "8000", "MAX_CONCURRENT": "3", "HOST": "0.0.0.0", "CHECKPOINT_PATH": "a.pth"})
-    assert (settings.port, settings.max_concurrent, settings.host, settings.checkpoint) == (8000, 3, "0.0.0.0", "a.pth")
+    # CHECKPOINT_PATH is read in one place, when the checkpoint is resolved (load_for_inference)
+    assert (settings.port, settings.max_concurrent, settings.host, settings.checkpoint) == (8000, 3, "0.0.0.0", None)
     flags = parse_settings(["--port", "9000", "--checkpoint", "b.pth"], env={"PORT": "8000"})
     assert flags.port == 9000 and flags.checkpoint == "b.pth" and flags.host == "127.0.0.1"
     with pytest.raises(SystemExit):

@@ -57,3 +57,8 @@ def test_postprocess_steps():
     assert ensure_terminal_punctuation('"Yes!"') == '"Yes!"'
     assert postprocess("the dog ran  . it was happy") == "The dog ran. It was happy."
     assert postprocess("") == ""
+
+
+def test_no_capital_after_a_quoted_exclamation_or_question():
+    assert postprocess('"Look, mom!" said Mom. "Why?" asked Tom.') == '"Look, mom!" said Mom. "Why?" asked Tom.'
+    assert postprocess('"I am done." the end came. (it was late.) then') == '"I am done." The end came. (It was late.) Then.'

@@ -125,3 +125,17 @@ def test_compile_on_by_default_only_for_cuda_on_linux(monkeypatch):
     assert compile_wanted("auto", torch.device("cuda"))
     monkeypatch.setattr(compile_module.sys, "platform", "win32")
     assert not compile_wanted("auto", torch.device("cuda"))
+
+
+def test_fp32_newton_schulz_matches_torch_muon_bf16_iteration():
+    from src.training.optimizer import _TORCH_NEWTON_SCHULZ, _newton_schulz_fp32
+
+    torch.manual_seed(0)
+    for shape in ((48, 16), (16, 48)):
+        grad = torch.randn(shape)
+        ours = _newton_schulz_fp32(grad, (3.4445, -4.775, 2.0315), 5, 1e-7)
+        theirs = _TORCH_NEWTON_SCHULZ(grad, (3.4445, -4.775, 2.0315), 5, 1e-7).float()
+        assert ours.dtype == torch.float32 and ours.shape == grad.shape
+        assert (ours - theirs).abs().max().item() < 0.05  # bf16 rounding; singular values ~0.5-1.5
+        singular = torch.linalg.svdvals(ours)
+        assert singular.min() > 0.3 and singular.max() < 1.6  # orthogonalized, not the raw gradient

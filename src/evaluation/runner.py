@@ -8,9 +8,8 @@ from collections.abc import Callable
 from src.data.cache import CacheError
 from src.data.sources import DataSourceError
 from src.data.tokenizer import TokenizerError
-from src.device import inference_precision, resolve_device
 from src.evaluation.errors import EvaluationError
-from src.model.checkpoint import CheckpointError, LoadedModel, load_model, resolve_checkpoint_path
+from src.model.checkpoint import CheckpointError, LoadedModel, load_for_inference
 
 # Bad input of these kinds is reported as one line on stderr, without a traceback.
 # OSError covers unwritable output paths.
@@ -20,11 +19,11 @@ INPUT_ERRORS = (CheckpointError, DataSourceError, CacheError, TokenizerError, Ev
 def load_for_evaluation(checkpoint: str | None, device_name: str, precision: str = "auto") -> LoadedModel:
     """The checkpoint named by the flag, $CHECKPOINT_PATH, the best one in checkpoints/ or the demo."""
     try:
-        device = resolve_device(device_name)
-        precision = inference_precision(device, precision)
-    except ValueError as exc:
+        return load_for_inference(checkpoint, device_name, precision)
+    except CheckpointError:
+        raise
+    except ValueError as exc:  # a device or precision this machine does not have
         raise EvaluationError(str(exc)) from None
-    return load_model(resolve_checkpoint_path(checkpoint), device=device, precision=precision)
 
 
 def run_cli(task: Callable[[], object], prog: str) -> int:

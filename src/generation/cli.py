@@ -7,11 +7,11 @@ import json
 import sys
 from collections.abc import Sequence
 
-from src.device import DEVICE_CHOICES, PRECISION_CHOICES, inference_precision, resolve_device
+from src.device import DEVICE_CHOICES, PRECISION_CHOICES
 from src.generation.engine import GenerationResult, Generator
 from src.generation.postprocess import postprocess
 from src.generation.presets import DEFAULT_PRESET, PRESETS, SamplingParams
-from src.model.checkpoint import CheckpointError, load_model, resolve_checkpoint_path
+from src.model.checkpoint import CheckpointError, load_for_inference
 
 DEFAULT_PROMPT = "Once upon a time"
 
@@ -20,8 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="generate.py",
         description="Generate children's stories with a WikiMiniModel checkpoint.",
-        epilog="Checkpoint: --checkpoint, else $CHECKPOINT_PATH, else the lowest-ppl "
-        "checkpoints/checkpoint_best_ppl_*.pth, else the bundled demo model.",
+        epilog="Checkpoint: --checkpoint, else $CHECKPOINT_PATH, else the best "
+        "checkpoint of the newest run under checkpoints/, else the bundled demo model.",
     )
     p.add_argument("--checkpoint", help="path to a .pth checkpoint")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"story opening (default: {DEFAULT_PROMPT!r})")
@@ -47,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document with every sample")
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin until EOF or 'quit'")
     return p
+
+
+def require_utf8(text: str, what: str) -> str:
+    """Undecodable bytes reach Python as lone surrogates (argv) or a decode error (stdin);
+    either way they are not text a tokenizer can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8 text") from None
+    return text
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
@@ -104,29 +114,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.num_samples < 1:
         parser.error(f"--num-samples must be >= 1, got {args.num_samples}")
     try:
+        require_utf8(args.prompt, "--prompt")
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
         params = sampling_params(args)
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        device = resolve_device(args.device)
-        precision = inference_precision(device, args.precision)
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
-        path = resolve_checkpoint_path(args.checkpoint)
-        loaded = load_model(path, device=device, precision=precision)
+        loaded = load_for_inference(args.checkpoint, args.device, args.precision)
     except CheckpointError as exc:
         print(f"generate.py: error: {exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:  # a device or precision this machine does not have
+        parser.error(str(exc))
     generator = Generator.from_loaded(loaded, compile_decode=args.compile)
 
     if args.interactive:
         print(f"Model {loaded.name} ({loaded.model.num_parameters():,} params). Empty line or 'quit' to exit.")
         while True:
             try:
-                prompt = input("prompt> ").strip()
+                prompt = require_utf8(input("prompt> "), "the prompt read from stdin").strip()
             except EOFError:
                 break
+            except (UnicodeDecodeError, ValueError):
+                print("generate.py: error: the prompt read from stdin is not valid UTF-8 text", file=sys.stderr)
+                return 2
             if not prompt or prompt.lower() in ("quit", "exit"):
                 break
             records = run_prompt(generator, prompt, params, args)
@@ -137,6 +150,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = run_prompt(generator, args.prompt, params, args)
     if args.json:
         settings = {k: v for k, v in vars(params).items()}
-        document = {"checkpoint": str(path), "preset": args.preset, "settings": settings, "samples": records}
+        document = {"checkpoint": str(loaded.path), "preset": args.preset, "settings": settings, "samples": records}
         print(json.dumps(document, ensure_ascii=False, indent=2))
     return 0

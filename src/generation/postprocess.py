@@ -10,7 +10,10 @@ import re
 
 _SPACES = re.compile(r"[ \t]+")
 _SPACE_BEFORE_PUNCT = re.compile(r" +([,.!?;:])")
-_SENTENCE_START = re.compile(r"(^|[.!?][\"')\]]?\s+)([\"'(\[]?)([a-z])")
+# A sentence starts at the beginning, after . ! ?, or after a full stop closed by a quote or
+# bracket. Not after a quoted ! or ?: the next word usually goes on with the same sentence
+# ("Look, mom!" said Mom.), and a capital there would be wrong.
+_SENTENCE_START = re.compile(r"(^|(?:[.!?]|\.[\"')\]]|[!?][)\]])\s+)([\"'(\[]?)([a-z])")
 _TERMINAL = (".", "!", "?", '."', '!"', '?"', ".'", "!'", "?'", ".)")
 
 

@@ -296,26 +296,76 @@ def find_best_checkpoint(directory: str | Path) -> Path | None:
     return min(scored)[2] if scored else None
 
 
+def find_newest_run_best(directory: str | Path) -> Path | None:
+    """The best checkpoint of the most recently written run under `directory` (runs write to
+    `checkpoints/<run>/`). Perplexities of different runs are not compared: their tokenizers
+    and data may differ, so the newest run is taken as the one the user means."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    runs = {path.parent for path in directory.rglob("checkpoint_best_ppl_*.pth")}
+    if not runs:
+        return None
+    newest = max(runs, key=lambda run: max(p.stat().st_mtime for p in run.glob("checkpoint_best_ppl_*.pth")))
+    return find_best_checkpoint(newest)
+
+
 def resolve_checkpoint_path(
     explicit: str | Path | None = None,
     env: Mapping[str, str] | None = None,
     search_dir: str | Path = CHECKPOINT_DIR,
     demo: str | Path = DEMO_CHECKPOINT,
 ) -> Path:
-    """Which checkpoint to use: the flag, else $CHECKPOINT_PATH, else the lowest-ppl
-    `checkpoint_best_ppl_*.pth` in `search_dir`, else the bundled demo model."""
+    """Which checkpoint to use: the flag, else $CHECKPOINT_PATH, else the best checkpoint of
+    the newest training run under `search_dir`, else the bundled demo model."""
+    return resolve_checkpoint(explicit, env, search_dir, demo)[0]
+
+
+def resolve_checkpoint(
+    explicit: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    search_dir: str | Path = CHECKPOINT_DIR,
+    demo: str | Path = DEMO_CHECKPOINT,
+) -> tuple[Path, str]:
+    """`resolve_checkpoint_path` and why that one, so commands can say which model they use."""
     env = os.environ if env is None else env
     if explicit:
-        return Path(explicit)
+        return Path(explicit), "--checkpoint"
     if env.get("CHECKPOINT_PATH"):
-        return Path(env["CHECKPOINT_PATH"])
-    best = find_best_checkpoint(search_dir)
+        return Path(env["CHECKPOINT_PATH"]), "$CHECKPOINT_PATH"
+    best = find_newest_run_best(search_dir)
     if best is not None:
-        return best
+        return best, "best checkpoint of the newest training run"
     if Path(demo).exists():
-        return Path(demo)
+        return Path(demo), "bundled demo model"
     raise CheckpointError(
         f"no checkpoint found: pass --checkpoint PATH, set CHECKPOINT_PATH, or train one with "
-        f"`python train.py --config config/<name>.yaml` (best checkpoints are looked for in "
-        f"{search_dir}/checkpoint_best_ppl_*.pth; the bundled demo model would be {demo})"
+        f"`python train.py --config config/<name>.yaml` (best checkpoints are looked for under "
+        f"{search_dir}/**/checkpoint_best_ppl_*.pth; the bundled demo model would be {demo})"
     )
+
+
+def load_for_inference(
+    checkpoint: str | Path | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    tokenizer: str | Path | None = None,
+    announce: bool = True,
+) -> LoadedModel:
+    """The one setup every inference command does: resolve the device, the checkpoint (flag,
+    $CHECKPOINT_PATH, newest run's best, demo) and the precision, then load. Unless the path
+    was passed in, it says on stderr which checkpoint it took and why: a default is never silent.
+
+    Raises CheckpointError for a bad checkpoint and ValueError for a bad device/precision.
+    """
+    import sys
+
+    from src.device import inference_precision, resolve_device
+
+    torch_device = resolve_device(device)
+    weights = inference_precision(torch_device, precision)
+    path, reason = resolve_checkpoint(checkpoint)
+    loaded = load_model(path, device=torch_device, precision=weights, tokenizer_path=tokenizer)
+    if announce and checkpoint is None:  # a path the user did not type: say which and why
+        print(f"checkpoint: {path} ({reason})", file=sys.stderr, flush=True)
+    return loaded

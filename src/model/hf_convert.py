@@ -6,6 +6,9 @@ one matrix) and names; RoPE already uses HF's rotate-half layout, so no permutat
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -147,18 +150,45 @@ def save_hf_tokenizer(tokenizer: Tokenizer, output_dir: str | Path, eos_token: s
     if tokenizer.token_to_id(PAD_TOKEN) is not None:
         special["pad_token"] = PAD_TOKEN
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special).save_pretrained(str(output_dir))
+    # transformers 5.x records its own backend class name, which 4.x cannot resolve; the
+    # generic fast class loads the same tokenizer.json in both.
+    config_path = Path(output_dir) / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text(encoding="utf-8"))
+    tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _readable_by_all(directory: Path) -> None:
+    """safetensors writes 0600 files; an export is for sharing, so give them the usual mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.iterdir():
+        if path.is_file():
+            os.chmod(path, 0o666 & ~umask)
 
 
 def export_checkpoint(checkpoint: str | Path, output_dir: str | Path) -> Path:
     """Our checkpoint -> HF Llama directory (config.json, model.safetensors, tokenizer files)."""
-    loaded = load_model(checkpoint)
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise CheckpointError(f"{output_dir} is a file; an export is a directory (choose a new --output)")
+    loaded = load_model(checkpoint)
     output_dir.mkdir(parents=True, exist_ok=True)
     hf_model = to_hf_model(loaded.model, loaded.tokenizer)
     hf_model.save_pretrained(str(output_dir), safe_serialization=True)
     eos = loaded.tokenizer.id_to_token(loaded.eos_id) if loaded.eos_id is not None else EOS_TOKEN
     save_hf_tokenizer(loaded.tokenizer, output_dir, eos)
+    _readable_by_all(output_dir)
     return output_dir
+
+
+def _weights_error(input_dir: Path, exc: Exception) -> str:
+    """Say why the weights cannot be read, without torch's advice to turn off safe loading."""
+    text = str(exc)
+    if "weights_only" in text or isinstance(exc, pickle.UnpicklingError):
+        return (f"{input_dir}: the .bin weights hold pickled objects other than tensors, and loading "
+                "never unpickles arbitrary objects; save the model as model.safetensors and import that")
+    return f"cannot read the weights in {input_dir}: {text.splitlines()[0] if text else type(exc).__name__}"
 
 
 def import_hf(input_dir: str | Path, output: str | Path) -> Path:
@@ -171,7 +201,10 @@ def import_hf(input_dir: str | Path, output: str | Path) -> Path:
     hf_config = AutoConfig.from_pretrained(str(input_dir))
     if hf_config.model_type != "llama":
         raise CheckpointError(f"only Llama models can be imported, got model_type={hf_config.model_type!r}")
-    hf_model = LlamaForCausalLM.from_pretrained(str(input_dir), dtype=torch.float32)
+    try:
+        hf_model = LlamaForCausalLM.from_pretrained(str(input_dir), dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(_weights_error(input_dir, exc)) from None
     model = from_hf_model(hf_model)
     try:
         hf_tokenizer = AutoTokenizer.from_pretrained(str(input_dir))

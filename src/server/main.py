@@ -7,8 +7,8 @@ import sys
 
 import torch
 
-from src.device import inference_precision, resolve_device
-from src.model.checkpoint import CheckpointError, load_model, resolve_checkpoint_path
+from src.device import resolve_device
+from src.model.checkpoint import CheckpointError, load_for_inference
 from src.server.settings import ServerSettings, parse_settings
 
 
@@ -18,9 +18,7 @@ def build_app(settings: ServerSettings):
     device = resolve_device(settings.device)
     if device.type == "cpu":
         torch.set_num_threads(settings.decode_threads())
-    path = resolve_checkpoint_path(settings.checkpoint)
-    precision = inference_precision(device, settings.precision)
-    loaded = load_model(path, device=device, precision=precision, tokenizer_path=settings.tokenizer)
+    loaded = load_for_inference(settings.checkpoint, settings.device, settings.precision, settings.tokenizer)
     return create_app(loaded, settings), loaded
 
 

@@ -39,7 +39,8 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
         description="Serve the story generator: web UI at /, SSE API at POST /generate, "
         "OpenAI-compatible API at /v1, docs at /docs.",
     )
-    parser.add_argument("--checkpoint", default=env.get("CHECKPOINT_PATH"), help="env CHECKPOINT_PATH")
+    parser.add_argument("--checkpoint", help="default: $CHECKPOINT_PATH, else the newest training run's best "
+                        "checkpoint, else the bundled demo model")
     parser.add_argument("--tokenizer", default=env.get("TOKENIZER_PATH"), help="env TOKENIZER_PATH")
     parser.add_argument("--device", default=env.get("DEVICE", "auto"), choices=DEVICE_CHOICES, help="env DEVICE")
     parser.add_argument("--precision", default=env.get("PRECISION", "auto"), choices=PRECISION_CHOICES,

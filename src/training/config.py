@@ -229,9 +229,11 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        if data is None:  # silently training the 24.5M defaults instead would surprise anyone
+            raise ConfigError(f"{path} is empty; start from one of the configs in config/")
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return TrainConfig.from_dict(apply_overrides(data, list(overrides or [])))

@@ -7,6 +7,10 @@ Muon (`torch.optim.Muon`) orthogonalizes the update of 2-D hidden weights only; 
 (tied with the output head) and the norm gains stay on AdamW, as in modded-nanogpt and
 Moonshot's "Muon is Scalable". Its update is rescaled to AdamW's RMS (`adjust_lr_fn=
 "match_rms_adamw"`), so one learning rate can serve both.
+
+`torch.optim.Muon` runs its Newton-Schulz iteration in bf16. On a CPU without bf16 instructions
+bf16 matmuls are emulated, hundreds of times slower than fp32, and the optimizer step would
+cost more than the forward and backward passes; there the same iteration runs in fp32.
 """
 
 from __future__ import annotations
@@ -80,6 +84,36 @@ class OptimizerChain:
             optimizer.load_state_dict(child)
 
 
+_TORCH_NEWTON_SCHULZ = getattr(torch.optim._muon, "_zeropower_via_newtonschulz", None)  # bf16, kept for tests
+
+
+def _newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
+                       eps: float) -> torch.Tensor:
+    """torch.optim.Muon's quintic Newton-Schulz orthogonalization, computed in fp32."""
+    a, b, c = ns_coefficients
+    x = grad.float()
+    transposed = x.size(0) > x.size(1)
+    if transposed:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if transposed else x
+
+
+def _use_fp32_newton_schulz(device: torch.device) -> bool:
+    """Route Muon's bf16 iteration to fp32 where bf16 is emulated (CPUs without AVX512-BF16/AMX)."""
+    from torch.optim import _muon
+
+    from src.device import native_bf16_cpu
+
+    if device.type != "cpu" or native_bf16_cpu() or not hasattr(_muon, "_zeropower_via_newtonschulz"):
+        return False
+    _muon._zeropower_via_newtonschulz = _newton_schulz_fp32
+    return True
+
+
 def build_optimizer(model: nn.Module, config: OptimizerConfig, device: torch.device):
     """AdamW (fused on CUDA unless config.fused says otherwise), or Muon + AdamW."""
     fused = config.fused if config.fused is not None else device.type == "cuda"
@@ -95,6 +129,7 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig, device: torch.dev
     hidden_ids = {id(p) for p in hidden}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in hidden_ids]
     muon_lr = config.muon_lr or config.lr
+    _use_fp32_newton_schulz(device)
     muon = torch.optim.Muon(hidden, lr=muon_lr, weight_decay=config.weight_decay,
                             momentum=config.muon_momentum, adjust_lr_fn="match_rms_adamw")
     for group in muon.param_groups:
