@@ -22,6 +22,7 @@ import swagger_ui_bundle
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -44,6 +45,7 @@ from src.server.guards import (
 )
 from src.server.schemas import (
     MAX_BODY_BYTES,
+    MAX_PROMPT_CHARS,
     CompletionRequest,
     CompletionResponse,
     ErrorResponse,
@@ -147,6 +149,30 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
 
     # No prompt longer than this many characters can fit the context, whatever its text.
     max_prompt_chars = loaded.config.max_seq_len * max(len(t) for t in loaded.tokenizer.get_vocab())
+
+    def openapi_for_this_model() -> dict:
+        """The generated schema, with the prompt length bound this model really has (a schema
+        cannot state the token limit, but it can state the character limit that implies)."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            limit = min(MAX_PROMPT_CHARS, max_prompt_chars)
+
+            def tighten(node):
+                if isinstance(node, dict):
+                    if node.get("type") == "string" and node.get("maxLength") == MAX_PROMPT_CHARS:
+                        node["maxLength"] = limit
+                    for value in node.values():
+                        tighten(value)
+                elif isinstance(node, list):
+                    for value in node:
+                        tighten(value)
+
+            tighten(schema.get("components", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi_for_this_model
 
     def check_prompt(prompt: str, openai: bool) -> list[int]:
         """The prompt's token ids, once they are known to fit the context."""

@@ -35,7 +35,9 @@ Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
 ShortText = Annotated[str, Field(max_length=256)]
 StopText = Annotated[str, Field(min_length=1, max_length=64)]
 PresetName = Literal["balanced", "conservative", "creative"]
-Seed = Annotated[int, Field(ge=0, le=2**63 - 1), BeforeValidator(_integral_float)]
+# 2**53 - 1: every integer up to it is exact as a JSON number (a float), so a client or a schema
+# checker comparing in floating point agrees with the server about the bound.
+Seed = Annotated[int, Field(ge=0, le=2**53 - 1), BeforeValidator(_integral_float)]
 
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
