@@ -11,8 +11,7 @@
 import argparse
 import sys
 
-import torch
-
+from src.device import DTYPES
 from src.model.checkpoint import CheckpointError, compact_checkpoint
 from src.model.hf_convert import export_checkpoint, import_hf
 
@@ -37,8 +36,7 @@ def main() -> int:
         elif args.command == "import":
             print(f"wrote {import_hf(args.input, args.output)}")
         else:
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-            print(f"wrote {compact_checkpoint(args.checkpoint, args.output, dtype)}")
+            print(f"wrote {compact_checkpoint(args.checkpoint, args.output, DTYPES[args.dtype])}")
     except CheckpointError as exc:
         print(f"convert_hf.py: error: {exc}", file=sys.stderr)
         return 2

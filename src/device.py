@@ -29,6 +29,7 @@ def resolve_device(name: str | None = "auto") -> torch.device:
 
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the names configs and flags use
 
 
 def native_bf16_cpu() -> bool:

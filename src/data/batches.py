@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100  # target value the loss skips (padding of the last validation window)
+from src.model.transformer_block import IGNORE_INDEX  # the target value the loss skips
 
 
 def num_windows(n_tokens: int, seq_len: int) -> int:

@@ -20,7 +20,6 @@ class ServerSettings:
     port: int = 7779
     max_concurrent: int = 32  # generations decoded together (batch slots)
     max_queue: int = 32  # requests allowed to wait for a slot; beyond that, 503
-    max_tokens_limit: int = 1000
     access_log: bool = False  # uvicorn's per-request log lines
     threads: int | None = None  # CPU threads for decoding; None: all cores but one (the event loop's)
     engine: str = "auto"  # where decoding runs: "process", "thread", or "auto" (see app.make_engine)

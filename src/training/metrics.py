@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from src.data.atomic_files import atomic_write_text
+from src.data.atomic_files import atomic_output, atomic_write_text
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -67,8 +67,7 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path) -> Path | No
     ax.grid(alpha=0.3)
     ax.legend()
     png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+    with atomic_output(png_path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
     plt.close(fig)
-    os.replace(tmp, png_path)
     return png_path

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from src.device import DTYPES, native_bf16_cpu
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -17,7 +19,7 @@ class Precision:
 
     @property
     def dtype(self) -> torch.dtype:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.name]
+        return DTYPES[self.name]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.name == "fp32":
@@ -33,7 +35,7 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device) >= (8, 0)  # Ampere and newer
     if device.type == "cpu":
-        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return native_bf16_cpu()
     return False
 
 

@@ -20,6 +20,7 @@ import torch
 
 from src.config_utils import ConfigError
 from src.device import DEVICE_CHOICES
+from src.training.checkpointing import LATEST_NAME
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 ROUND_TRIP_TEXT = 'Once upon a time, Lily found a shiny "red" ball. She said: "Wow!" 123 café 🙂'
@@ -184,8 +185,8 @@ class Preflight:
         existing = next(p for p in [out, *out.absolute().parents] if p.exists())  # created at training time
         if not existing.is_dir() or not os.access(existing, os.W_OK):
             return Check("output dir", FAIL, f"{out} cannot be written ({existing} is not a writable directory)")
-        latest = out / "checkpoint_latest.pth"
-        note = " (holds checkpoint_latest.pth: use --resume auto)" if latest.exists() else ""
+        latest = out / LATEST_NAME
+        note = f" (holds {LATEST_NAME}: use --resume auto)" if latest.exists() else ""
         return Check("output dir", PASS, f"{out} is writable{note}")
 
     def check_accelerators(self) -> list[Check]:
