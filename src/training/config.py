@@ -144,10 +144,17 @@ class LoggingConfig:
     metrics_file: str = "metrics.jsonl"  # inside training.output_dir
     plot: bool = True  # loss_curve.png in output_dir at the end
     progress_bar: bool | None = None  # None: only when stderr is a terminal (else plain log lines)
+    tensorboard: bool = False  # event files in training.output_dir (pip install tensorboard)
+    wandb_project: str | None = None  # a Weights & Biases run (pip install wandb); WANDB_MODE=offline honoured
+    sample_prompts: list[str] = field(default_factory=lambda: ["Once upon a time", "The little dog"])
+    sample_max_tokens: int = 80  # per sample story at each evaluation; 0 turns samples off
+    sample_seed: int = 1234
 
     def __post_init__(self) -> None:
         if self.log_interval < 1:
             raise ConfigError(f"logging.log_interval must be at least 1, got {self.log_interval}")
+        if self.sample_max_tokens < 0:
+            raise ConfigError(f"logging.sample_max_tokens must be >= 0, got {self.sample_max_tokens}")
 
 
 @dataclass

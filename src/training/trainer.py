@@ -41,6 +41,7 @@ from src.training.distributed import (
 )
 from src.training.evaluation import evaluate
 from src.training.metrics import MetricsLog, plot_loss_curve
+from src.training.observers import RunLoggers, SampleLog, sample_stories
 from src.training.optimizer import build_optimizer
 from src.training.precision import choose_precision, enable_tf32
 from src.training.rng import capture_rng_state, restore_rng_state
@@ -49,6 +50,7 @@ from src.training.signals import GracefulStop
 from src.training.step import train_step
 
 PLOT_NAME = "loss_curve.png"
+SAMPLES_NAME = "samples.jsonl"
 
 
 @dataclass
@@ -180,6 +182,10 @@ class Trainer:
 
         self.metrics = MetricsLog(self.output_dir / config.logging.metrics_file, resume_step=self.step) \
             if info.is_main else None
+        log_cfg = config.logging
+        self.loggers = RunLoggers(log_cfg, self.output_dir, config.to_dict()) if info.is_main else None
+        self.samples = SampleLog(self.output_dir / SAMPLES_NAME, resume_step=self.step) \
+            if info.is_main and log_cfg.sample_max_tokens > 0 and log_cfg.sample_prompts else None
         self.log_setup(resume_path)
 
     # ------------------------------------------------------------------------------------------
@@ -241,6 +247,8 @@ class Trainer:
             png = plot_loss_curve(self.metrics.path, self.output_dir / PLOT_NAME)
             if png:
                 self.log(f"loss curve: {png}")
+        if self.loggers is not None:
+            self.loggers.close()
         return self.result(stop_reason, exit_code)
 
     def finished(self) -> bool:
@@ -325,6 +333,8 @@ class Trainer:
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
         }
         self.metrics.write(record)
+        self.loggers.scalars(self.step, {"train/loss": train_loss, "train/lr": lr, "train/tokens_per_s": tokens_per_s,
+                                         "train/grad_norm": record["grad_norm"]})
         if self.bar is not None:
             self.bar.set_postfix_str(f"loss {train_loss:.4f} lr {lr:.2e} {tokens_per_s:,.0f} tok/s")
         else:
@@ -359,12 +369,27 @@ class Trainer:
             self.metrics.write({"step": self.step, **self.last_eval})
             self.log(f"step {self.step}: val_loss {result.loss:.4f} | val_ppl {result.ppl:.2f} | "
                      f"val_bpb {result.bpb:.4f}")
+            self.loggers.scalars(self.step, {"val/loss": result.loss, "val/ppl": result.ppl, "val/bpb": result.bpb})
             if math.isfinite(result.ppl) and self.best.qualifies(result.ppl):
                 path = self.best.add(result.ppl, self.save_best)
                 self.log(f"saved {path}")
+            self.write_samples()
+            self.loggers.flush()
         self.interval_paused += time.perf_counter() - started
         patience = self.config.training.early_stopping_patience
         return patience is not None and self.evals_without_improvement >= patience
+
+    def write_samples(self) -> None:
+        """A few stories from the current weights (fixed prompts and seed): log, samples.jsonl, TensorBoard."""
+        if self.samples is None:
+            return
+        log_cfg = self.config.logging
+        stories = sample_stories(self.model, self.tokenizer, list(log_cfg.sample_prompts), log_cfg.sample_max_tokens,
+                                 log_cfg.sample_seed)
+        self.samples.write(self.step, stories)
+        for index, story in enumerate(stories):
+            self.log(f"sample {index + 1}: {story['text']!r}")
+            self.loggers.text(self.step, f"samples/{index + 1}", story["text"])
 
     # ------------------------------------------------------------------------------------------
     # Checkpoints

@@ -1,0 +1,77 @@
+"""Watching a run: TensorBoard scalars and text, sample stories at each evaluation, the budget."""
+
+import json
+
+import pytest
+
+from src.training.config import load_train_config
+from src.training.trainer import train
+from tests.test_train_helpers import SMOKE_CONFIG, make_smoke_data, read_metrics, smoke_overrides
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_smoke_data(tmp_path_factory.mktemp("observer_data"))
+
+
+def test_tensorboard_events_and_sample_stories_at_every_evaluation(data, tmp_path, capsys):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    out = tmp_path / "run"
+    overrides = smoke_overrides(data, out, training__max_steps=8, training__eval_interval=4, logging__plot=False,
+                                logging__tensorboard=True, logging__sample_max_tokens=12)
+    train(load_train_config(SMOKE_CONFIG, overrides))
+
+    lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [4, 8]
+    for line in lines:
+        assert [s["prompt"] for s in line["samples"]] == ["Once upon a time", "The little dog"]
+        assert all(s["text"].startswith(s["prompt"]) and 0 < s["tokens"] <= 12 for s in line["samples"])
+    assert "sample 1: 'Once upon a time" in capsys.readouterr().out  # printed in the log
+
+    events = event_accumulator.EventAccumulator(str(out), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "train/tokens_per_s", "train/grad_norm", "val/loss", "val/bpb"} <= set(scalars)
+    assert [e.step for e in events.Scalars("val/bpb")] == [4, 8]
+    val = {r["step"]: r["val_bpb"] for r in read_metrics(out) if "val_bpb" in r}
+    assert [e.value for e in events.Scalars("val/bpb")] == pytest.approx([val[4], val[8]], rel=1e-6)
+    assert any(tag.startswith("samples/1") for tag in events.Tags()["tensors"])  # add_text is stored as a tensor
+
+
+def test_samples_off_and_a_missing_wandb_is_a_clear_error(data, tmp_path, monkeypatch):
+    import builtins
+
+    from src.config_utils import ConfigError
+
+    out = tmp_path / "quiet"
+    train(load_train_config(SMOKE_CONFIG, smoke_overrides(data, out, training__max_steps=2, training__eval_interval=2,
+                                                          logging__plot=False, logging__sample_max_tokens=0)))
+    assert not (out / "samples.jsonl").exists()
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(ConfigError, match="wandb is not installed"):
+        train(load_train_config(SMOKE_CONFIG, smoke_overrides(data, tmp_path / "w", training__max_steps=2,
+                                                              logging__wandb_project="stories")))
+
+
+def test_a_budgeted_run_stops_at_its_budget_with_the_rate_at_min_lr(data, tmp_path):
+    out = tmp_path / "budget"
+    budget_s = 3.0
+    overrides = smoke_overrides(data, out, training__max_steps="null", training__max_minutes=budget_s / 60,
+                                training__compile=False, training__eval_interval=10_000, logging__plot=False,
+                                logging__sample_max_tokens=0, scheduler__warmup_steps=2)
+    result = train(load_train_config(SMOKE_CONFIG, overrides))
+    records = [r for r in read_metrics(out) if "train_loss" in r]
+    last = records[-1]
+    assert result.stop_reason == "completed" and result.step == last["step"] > 5
+    assert budget_s <= last["train_seconds"] < budget_s + 1.0  # stops on the first step past the budget
+    config = load_train_config(SMOKE_CONFIG, overrides)
+    assert last["lr"] == pytest.approx(config.scheduler.min_lr, rel=0.05)  # decayed exactly as the budget ran out
+    assert records[len(records) // 2]["lr"] > 3 * config.scheduler.min_lr  # ... and not before
