@@ -27,12 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (repeatable), e.g. --set training.max_steps=100")
     parser.add_argument("--device", choices=DEVICE_CHOICES, help="overrides training.device")
+    parser.add_argument("--init-from", metavar="CKPT",
+                        help="fine-tune: start from CKPT's weights, model shape and tokenizer, with a fresh optimizer "
+                        "and schedule (sets training.init_from); data.tokenizer must be CKPT's tokenizer or 'checkpoint'")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = list(args.overrides) + ([f"training.device={args.device}"] if args.device else [])
+    overrides = list(args.overrides) + ([f"training.device={args.device}"] if args.device else []) \
+        + ([f"training.init_from={args.init_from}"] if args.init_from else [])
     try:
         config = load_train_config(args.config, overrides)
         from src.training.trainer import train  # torch-heavy imports only once the config is valid

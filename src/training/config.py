@@ -57,6 +57,7 @@ class TrainingConfig:
     epochs: float = 5.0  # length of the run, unless max_steps is set
     max_steps: int | None = None  # optimizer steps; overrides epochs
     max_minutes: float | None = None  # wall-clock budget; the lr schedule spans it (compile and evaluation excluded)
+    init_from: str | None = None  # fine-tune: start from this checkpoint's weights (train.py --init-from)
     max_grad_norm: float = 1.0  # 0 disables clipping
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"  # auto: bf16 on CUDA sm80+ and CPU, fp16 + GradScaler on older GPUs, else fp32

@@ -73,6 +73,39 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         teardown_distributed()
 
 
+@dataclass
+class InitCheckpoint:
+    tokenizer: Any
+    weights: dict[str, torch.Tensor]
+
+
+def load_init_checkpoint(config: TrainConfig) -> InitCheckpoint:
+    """`training.init_from`: the weights, model shape and tokenizer a fine-tune starts from.
+
+    The rule for the tokenizer: the checkpoint's own is always used, because its weights mean
+    nothing with another. `data.tokenizer` must therefore be that same tokenizer (same sha256)
+    or the word `checkpoint`; anything else is an error rather than a silent swap. The model
+    section is replaced by the checkpoint's (a fine-tune cannot change the architecture).
+    """
+    from src.model.checkpoint import checkpoint_tokenizer
+    from src.model.config import ModelConfig
+
+    path = Path(config.training.init_from)
+    checkpoint = load_checkpoint(path)
+    tokenizer = checkpoint_tokenizer(checkpoint)
+    if config.data.tokenizer != "checkpoint":
+        named = load_tokenizer(config.data.tokenizer)
+        if tokenizer_sha256(named) != tokenizer_sha256(tokenizer):
+            raise ConfigError(
+                f"data.tokenizer {config.data.tokenizer} is not the tokenizer of {path}; a fine-tune keeps the "
+                "checkpoint's own tokenizer: set data.tokenizer to checkpoint (or to that tokenizer's directory)"
+            )
+    model = dict(checkpoint["config"]["model"])
+    model["dropout"] = config.model.dropout  # the one setting that belongs to the new run
+    config.model = ModelConfig.from_dict(model)
+    return InitCheckpoint(tokenizer, checkpoint["model_state_dict"])
+
+
 def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
     """The checkpoint to resume from. A fresh run never silently overwrites an earlier one."""
     latest = output_dir / LATEST_NAME
@@ -108,8 +141,9 @@ class Trainer:
         enable_tf32()
         self.scaler = self.precision.grad_scaler()
 
-        # Tokenizer and model
-        self.tokenizer = load_tokenizer(config.data.tokenizer)
+        # Tokenizer and model (a fine-tune takes both from its checkpoint)
+        start = load_init_checkpoint(config) if cfg.init_from else None  # on resume: its shape and tokenizer
+        self.tokenizer = start.tokenizer if start is not None else load_tokenizer(config.data.tokenizer)
         vocab = self.tokenizer.get_vocab_size()
         if vocab > config.model.vocab_size:
             raise ConfigError(
@@ -119,7 +153,11 @@ class Trainer:
         if vocab < config.model.vocab_size:
             self.warn(f"tokenizer has {vocab} tokens, model.vocab_size is {config.model.vocab_size} (unused rows)")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model = WikiMiniModel(config.model).to(device)
+        self.model = WikiMiniModel(config.model)
+        if start is not None and resume_path is None:
+            self.model.load_state_dict(start.weights)  # copied into fp32 parameters whatever their dtype
+            self.log(f"initialized from {cfg.init_from} (fresh optimizer and schedule)")
+        self.model.to(device)
         self.seq_len = config.model.max_seq_len
 
         # Data
