@@ -1,7 +1,8 @@
 """Tokenized cache: a source's stories, tokenized once, as one flat memory-mapped array.
 
 Layout: `<name>.bin` holds the tokens of every story followed by EOS, flat, as uint16 (uint32
-when the vocabulary needs it); `<name>.json` beside it records how it was made (format version,
+when the vocabulary needs it); for a model whose stories start after another token (llama2.c
+models: BOS), `story_start_id` puts that token before every story instead, as they were trained; `<name>.json` beside it records how it was made (format version,
 tokenizer sha256, source fingerprint, dtype, token / story / UTF-8 byte counts). The file name
 carries the tokenizer hash and the source fingerprint, so a new tokenizer or changed data never
 meets a stale cache. A cache whose sidecar is missing or disagrees, whose size is not
@@ -61,10 +62,14 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def cache_paths(source: TextSource, tokenizer: Tokenizer, cache_dir: str | Path) -> tuple[Path, Path]:
-    """(tokens .bin, sidecar .json) for this source and tokenizer: the key is both hashes."""
+def cache_paths(source: TextSource, tokenizer: Tokenizer, cache_dir: str | Path,
+                story_start_id: int | None = None) -> tuple[Path, Path]:
+    """(tokens .bin, sidecar .json) for this source and tokenizer: the key is both hashes (and
+    the story start token, when stories are preceded by one instead of followed by EOS)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source.describe().split(" ")[0]).name)[:40].strip("._") or "data"
     name = f"{slug}-src{source.fingerprint()[:12]}-tok{tokenizer_sha256(tokenizer)[:12]}"
+    if story_start_id is not None:
+        name += f"-start{story_start_id}"
     cache_dir = Path(cache_dir)
     return cache_dir / f"{name}.bin", cache_dir / f"{name}.json"
 
@@ -75,22 +80,26 @@ def load_or_build_token_cache(
     cache_dir: str | Path = DEFAULT_CACHE_DIR,
     show_progress: bool = True,
     stories_per_chunk: int = STORIES_PER_CHUNK,
+    story_start_id: int | None = None,
 ) -> TokenCache:
-    """The cache for (source, tokenizer): loaded if present and valid, else built first."""
+    """The cache for (source, tokenizer): loaded if present and valid, else built first.
+
+    `story_start_id`: put this token before every story instead of EOS after it (see above)."""
     source = open_source(source)
-    bin_path, meta_path = cache_paths(source, tokenizer, cache_dir)
+    bin_path, meta_path = cache_paths(source, tokenizer, cache_dir, story_start_id)
     if bin_path.exists() or meta_path.exists():
         try:
-            return load_token_cache(bin_path, tokenizer, source)
+            return load_token_cache(bin_path, tokenizer, source, story_start_id)
         except CacheError as exc:
             logger.warning("rebuilding token cache: %s", exc)
             meta_path.unlink(missing_ok=True)
-    build_token_cache(source, tokenizer, bin_path, show_progress, stories_per_chunk)
-    return load_token_cache(bin_path, tokenizer, source)
+    build_token_cache(source, tokenizer, bin_path, show_progress, stories_per_chunk, story_start_id)
+    return load_token_cache(bin_path, tokenizer, source, story_start_id)
 
 
 def load_token_cache(
-    bin_path: str | Path, tokenizer: Tokenizer | None = None, source: TextSource | None = None
+    bin_path: str | Path, tokenizer: Tokenizer | None = None, source: TextSource | None = None,
+    story_start_id: int | None = None,
 ) -> TokenCache:
     """Open a built cache, checking the sidecar (and, if given, the tokenizer and source)."""
     bin_path = Path(bin_path)
@@ -107,6 +116,8 @@ def load_token_cache(
         expected["tokenizer_sha256"] = tokenizer_sha256(tokenizer)
     if source is not None:
         expected["source_fingerprint"] = source.fingerprint()
+    if story_start_id is not None:
+        expected["story_start_token_id"] = story_start_id
     for key, value in expected.items():
         if meta.get(key) != value:
             raise CacheError(f"{bin_path}: {key} is {meta.get(key)!r}, expected {value!r}")
@@ -136,11 +147,13 @@ def build_token_cache(
     bin_path: str | Path,
     show_progress: bool = True,
     stories_per_chunk: int = STORIES_PER_CHUNK,
+    story_start_id: int | None = None,
 ) -> dict[str, Any]:
-    """Tokenize every story + EOS into `bin_path` (atomically) and write its sidecar last."""
+    """Tokenize every story + EOS (or, with `story_start_id`, that token + story) into
+    `bin_path` (atomically) and write its sidecar last."""
     bin_path = Path(bin_path)
     eos = eos_token_id(tokenizer)
-    if eos is None:
+    if eos is None and story_start_id is None:
         raise TokenizerError("the tokenizer has no <|endoftext|> token; the cache needs one after each story")
     vocab_size = tokenizer.get_vocab_size()
     dtype = token_dtype(vocab_size)
@@ -159,7 +172,10 @@ def build_token_cache(
     with progress, atomic_output(bin_path) as tmp, open(tmp, "wb") as out:
         while chunk := list(itertools.islice(stories, stories_per_chunk)):
             encodings = encode(chunk, add_special_tokens=False)
-            story_ids = itertools.chain.from_iterable((e.ids, (eos,)) for e in encodings)
+            if story_start_id is None:
+                story_ids = itertools.chain.from_iterable((e.ids, (eos,)) for e in encodings)
+            else:
+                story_ids = itertools.chain.from_iterable(((story_start_id,), e.ids) for e in encodings)
             ids = np.fromiter(itertools.chain.from_iterable(story_ids), dtype=dtype)
             ids.tofile(out)
             digest.update(ids.tobytes())
@@ -174,6 +190,7 @@ def build_token_cache(
         "tokenizer_sha256": tokenizer_sha256(tokenizer),
         "vocab_size": vocab_size,
         "eos_token_id": eos,
+        **({} if story_start_id is None else {"story_start_token_id": story_start_id}),
         "source": source.describe(),
         "source_fingerprint": source.fingerprint(),
         "dtype": dtype.name,

@@ -55,7 +55,8 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     heldout = None
     if options.data is not None:
         heldout = evaluate_heldout(
-            loaded.model, loaded.tokenizer, options.data, options.cache_dir, options.max_windows, options.batch_size
+            loaded.model, loaded.tokenizer, options.data, options.cache_dir, options.max_windows, options.batch_size,
+            story_start_id=loaded.story_start_id,
         )
         print("\n".join(heldout_lines(heldout)))
 

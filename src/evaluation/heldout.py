@@ -29,6 +29,7 @@ from tqdm import tqdm
 from src.data.batches import IGNORE_INDEX, bits_per_byte, validation_batches
 from src.data.cache import DEFAULT_CACHE_DIR, load_or_build_token_cache
 from src.data.sources import open_source
+from src.data.tokenizer import eos_token_id
 from src.model.transformer_block import WikiMiniModel
 
 DEFAULT_VALIDATION_SOURCE = "roneneldan/TinyStories:validation"
@@ -107,13 +108,20 @@ def evaluate_heldout(
     max_windows: int | None = None,
     batch_size: int = 8,
     show_progress: bool = True,
+    story_start_id: int | None = None,
 ) -> HeldOutResult:
     """Score the model on every window of `source` (or the first `max_windows` of them).
 
     The text is tokenized once into the shared token cache (`src.data.cache`) and reused.
+    `story_start_id` is the token the model's stories start after (`LoadedModel.story_start_id`):
+    our models' (`<|endoftext|>`, or None) keeps the training layout, story then EOS; any other
+    (llama2.c: BOS) is put before every story, as such models were trained.
     """
     text_source = open_source(source, split="validation")
-    cache = load_or_build_token_cache(text_source, tokenizer, cache_dir, show_progress=show_progress)
+    if story_start_id is not None and story_start_id == eos_token_id(tokenizer):
+        story_start_id = None  # our own layout: stories separated by EOS
+    cache = load_or_build_token_cache(text_source, tokenizer, cache_dir, show_progress=show_progress,
+                                      story_start_id=story_start_id)
     seq_len = model.config.max_seq_len
     tokens = cache.tokens
     capped = max_windows is not None and max_windows * seq_len + 1 < cache.n_tokens

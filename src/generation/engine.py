@@ -103,23 +103,28 @@ class TextAssembler:
 
 class Generator:
     def __init__(self, model: WikiMiniModel, tokenizer: Tokenizer, eos_id: int | None = None,
-                 compile_decode: bool = False) -> None:
+                 compile_decode: bool = False, story_prefix: list[int] | None = None) -> None:
         self.model = model.eval()
         self.compile_decode = compile_decode  # see DecodeBatch: a compiled single-row step
         self.tokenizer = tokenizer
         self.eos_id = eos_id if eos_id is not None else tokenizer.token_to_id(EOS_TOKEN)
         self.device = model.tok_embeddings.weight.device
         self.max_seq_len = model.config.max_seq_len
-        # Stories in the training stream begin right after an EOS token, so a prompt that
-        # starts after one is read as the start of a story.
-        self.story_prefix = [self.eos_id] if tokenizer.token_to_id(EOS_TOKEN) is not None else []
+        # What a story starts after, as the checkpoint declares it (`LoadedModel.story_prefix`):
+        # our stories follow an EOS token in the training stream, llama2.c's follow BOS. The
+        # default (no checkpoint at hand) is our own convention.
+        if story_prefix is None:
+            story_prefix = [self.eos_id] if tokenizer.token_to_id(EOS_TOKEN) is not None else []
+        self.story_prefix = list(story_prefix)
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, compile_decode: bool = False) -> Generator:
-        return cls(loaded.model, loaded.tokenizer, loaded.eos_id, compile_decode=compile_decode)
+        return cls(loaded.model, loaded.tokenizer, loaded.eos_id, compile_decode=compile_decode,
+                   story_prefix=loaded.story_prefix)
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        return self.tokenizer.encode(prompt).ids
+        # No special tokens from the tokenizer: `story_prefix` alone says what a story starts after.
+        return self.tokenizer.encode(prompt, add_special_tokens=False).ids
 
     @staticmethod
     def seed_for(params: SamplingParams) -> int:

@@ -9,6 +9,10 @@ A checkpoint is a `.pth` dict that `torch.load(path, weights_only=True)` reads:
                         wrong tokenizer
     tokenizer_sha256    hash of that text
     eos_token           the token that ends a story (generation stops there)
+    story_start_token   the token a story starts after (generation, the server and the evaluators
+                        put it before the prompt); absent in older checkpoints, which means
+                        `<|endoftext|>` where the tokenizer has it, else none. llama2.c models:
+                        `<s>` (BOS, id 1) starts, `</s>` (EOS, id 2) ends
     metrics             optional {"step": ..., "val_loss": ..., "val_ppl": ...}
     training_state      optional optimizer / scheduler / data / RNG state for exact resume
 
@@ -64,6 +68,12 @@ class LoadedModel:
     eos_id: int | None
     metrics: dict[str, Any]
     precision: str = "fp32"  # weight format: fp32, bf16 or int8
+    story_start_id: int | None = None  # the token a story starts after (None: no prefix)
+
+    @property
+    def story_prefix(self) -> list[int]:
+        """What goes before a prompt so the model reads it as the start of a story."""
+        return [] if self.story_start_id is None else [self.story_start_id]
 
     @property
     def name(self) -> str:
@@ -109,13 +119,19 @@ def save_checkpoint(
     training_state: Mapping[str, Any] | None = None,
     weights_dtype: torch.dtype | None = None,
     eos_token: str = EOS_TOKEN,
+    story_start_token: str | None = None,
 ) -> Path:
     """Save model weights, config and tokenizer (plus optional training state) atomically.
 
     `config` holds the full run config (plain dicts); its `model` section is always taken from
     the model itself so the two cannot disagree. `weights_dtype` (e.g. torch.bfloat16) shrinks
-    a checkpoint meant for distribution.
+    a checkpoint meant for distribution. `story_start_token` is the token a story starts after;
+    None means `<|endoftext|>` where the tokenizer has it (our own models), else none.
     """
+    if story_start_token is None and tokenizer.token_to_id(EOS_TOKEN) is not None:
+        story_start_token = EOS_TOKEN
+    if story_start_token is not None and tokenizer.token_to_id(story_start_token) is None:
+        raise CheckpointError(f"story start token {story_start_token!r} is not in the tokenizer")
     inner = getattr(model, "_orig_mod", model)
     inner = getattr(inner, "module", inner)
     state = clean_state_dict(inner.state_dict())
@@ -142,6 +158,8 @@ def save_checkpoint(
         "eos_token": eos_token,
         "metrics": dict(metrics or {}),
     }
+    if story_start_token is not None:
+        checkpoint["story_start_token"] = story_start_token
     if training_state is not None:
         checkpoint["training_state"] = dict(training_state)
     atomic_torch_save(checkpoint, path)
@@ -247,6 +265,7 @@ def load_model(
             f"tokenizer/model mismatch: the tokenizer has {tokenizer.get_vocab_size()} tokens but "
             f"the model's vocab_size is {config.vocab_size}"
         )
+    story_start_id = checkpoint_story_start_id(checkpoint, tokenizer, path)
     check_finite(checkpoint["model_state_dict"], path)
     model = WikiMiniModel(config)
     try:
@@ -266,7 +285,20 @@ def load_model(
         eos_id=tokenizer.token_to_id(checkpoint.get("eos_token", EOS_TOKEN)),
         metrics=dict(checkpoint.get("metrics") or {}),
         precision=precision or {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"),
+        story_start_id=story_start_id,
     )
+
+
+def checkpoint_story_start_id(checkpoint: Mapping[str, Any], tokenizer: Tokenizer, path: Path) -> int | None:
+    """Id of the token a story starts after: the checkpoint's `story_start_token`, or, in
+    checkpoints written before that field existed, `<|endoftext|>` if the tokenizer has it."""
+    token = checkpoint.get("story_start_token")
+    if token is None:
+        return tokenizer.token_to_id(EOS_TOKEN)
+    token_id = tokenizer.token_to_id(str(token))
+    if token_id is None:
+        raise CheckpointError(f"{path}: its story start token {token!r} is not in its tokenizer")
+    return token_id
 
 
 def compact_checkpoint(source: str | Path, output: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
@@ -279,8 +311,9 @@ def compact_checkpoint(source: str | Path, output: str | Path, dtype: torch.dtyp
     metrics = dict(checkpoint.get("metrics") or {})
     config = {k: v for k, v in checkpoint["config"].items() if k != "model"}
     eos = checkpoint.get("eos_token", EOS_TOKEN)
+    start = None if loaded.story_start_id is None else loaded.tokenizer.id_to_token(loaded.story_start_id)
     return save_checkpoint(output, loaded.model, loaded.tokenizer, config=config, metrics=metrics,
-                           weights_dtype=dtype, eos_token=eos)
+                           weights_dtype=dtype, eos_token=eos, story_start_token=start)
 
 
 def find_best_checkpoint(directory: str | Path) -> Path | None:

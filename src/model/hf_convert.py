@@ -68,11 +68,14 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], config: ModelConfig) -> dict
     return state
 
 
-def llama_config(config: ModelConfig, tokenizer: Tokenizer | None = None, eos_token: str = EOS_TOKEN):
-    """The `transformers.LlamaConfig` with the same shapes as `config`."""
+def llama_config(config: ModelConfig, tokenizer: Tokenizer | None = None, eos_token: str = EOS_TOKEN,
+                 bos_token: str | None = None):
+    """The `transformers.LlamaConfig` with the same shapes as `config`. `bos_token` is the token
+    a story starts after (default: `eos_token`, our models' convention)."""
     from transformers import LlamaConfig
 
     eos_id = tokenizer.token_to_id(eos_token) if tokenizer is not None else None
+    bos_id = tokenizer.token_to_id(bos_token or eos_token) if tokenizer is not None else None
     pad_id = tokenizer.token_to_id(PAD_TOKEN) if tokenizer is not None else None
     return LlamaConfig(
         vocab_size=config.vocab_size,
@@ -89,17 +92,18 @@ def llama_config(config: ModelConfig, tokenizer: Tokenizer | None = None, eos_to
         hidden_act="silu",
         attention_bias=False,
         mlp_bias=False,
-        bos_token_id=eos_id,
+        bos_token_id=bos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
     )
 
 
-def to_hf_model(model: WikiMiniModel, tokenizer: Tokenizer | None = None):
+def to_hf_model(model: WikiMiniModel, tokenizer: Tokenizer | None = None, eos_token: str = EOS_TOKEN,
+                bos_token: str | None = None):
     """A `LlamaForCausalLM` holding a copy of `model`'s weights (for export and parity tests)."""
     from transformers import LlamaForCausalLM
 
-    hf_model = LlamaForCausalLM(llama_config(model.config, tokenizer))
+    hf_model = LlamaForCausalLM(llama_config(model.config, tokenizer, eos_token, bos_token))
     hf_model.load_state_dict(to_hf_state_dict(model.state_dict(), model.config), strict=True)
     return hf_model.to(model.tok_embeddings.weight.dtype).eval()
 
@@ -142,11 +146,13 @@ def from_hf_model(hf_model) -> WikiMiniModel:
     return model.to(hf_model.dtype).eval()
 
 
-def save_hf_tokenizer(tokenizer: Tokenizer, output_dir: str | Path, eos_token: str = EOS_TOKEN) -> None:
-    """Write tokenizer.json and the config files `transformers.AutoTokenizer` reads."""
+def save_hf_tokenizer(tokenizer: Tokenizer, output_dir: str | Path, eos_token: str = EOS_TOKEN,
+                      bos_token: str | None = None) -> None:
+    """Write tokenizer.json and the config files `transformers.AutoTokenizer` reads. `bos_token`
+    (default `eos_token`) is the token a story starts after; import reads it back."""
     from transformers import PreTrainedTokenizerFast
 
-    special = {"eos_token": eos_token, "bos_token": eos_token}
+    special = {"eos_token": eos_token, "bos_token": bos_token or eos_token}
     if tokenizer.token_to_id(PAD_TOKEN) is not None:
         special["pad_token"] = PAD_TOKEN
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special).save_pretrained(str(output_dir))
@@ -174,10 +180,11 @@ def export_checkpoint(checkpoint: str | Path, output_dir: str | Path) -> Path:
         raise CheckpointError(f"{output_dir} is a file; an export is a directory (choose a new --output)")
     loaded = load_model(checkpoint)
     output_dir.mkdir(parents=True, exist_ok=True)
-    hf_model = to_hf_model(loaded.model, loaded.tokenizer)
-    hf_model.save_pretrained(str(output_dir), safe_serialization=True)
     eos = loaded.tokenizer.id_to_token(loaded.eos_id) if loaded.eos_id is not None else EOS_TOKEN
-    save_hf_tokenizer(loaded.tokenizer, output_dir, eos)
+    bos = loaded.tokenizer.id_to_token(loaded.story_start_id) if loaded.story_start_id is not None else None
+    hf_model = to_hf_model(loaded.model, loaded.tokenizer, eos, bos)
+    hf_model.save_pretrained(str(output_dir), safe_serialization=True)
+    save_hf_tokenizer(loaded.tokenizer, output_dir, eos, bos)
     _readable_by_all(output_dir)
     return output_dir
 
@@ -214,5 +221,9 @@ def import_hf(input_dir: str | Path, output: str | Path) -> Path:
     if tokenizer is None:
         raise CheckpointError(f"{input_dir} has no fast (tokenizer.json) tokenizer")
     eos_token = hf_tokenizer.eos_token or EOS_TOKEN
+    # A story starts after the BOS token (our exports write <|endoftext|> there); the engine puts
+    # it before the prompt, so the stored tokenizer need not add it itself.
+    bos_token = hf_tokenizer.bos_token if tokenizer.token_to_id(hf_tokenizer.bos_token or "") is not None else None
     source = {"imported_from": str(input_dir)}
-    return save_checkpoint(output, model, tokenizer, config={"source": source}, eos_token=eos_token)
+    return save_checkpoint(output, model, tokenizer, config={"source": source}, eos_token=eos_token,
+                           story_start_token=bos_token)

@@ -90,8 +90,14 @@ def load_init_checkpoint(config: TrainConfig) -> InitCheckpoint:
     from src.model.checkpoint import checkpoint_tokenizer
     from src.model.config import ModelConfig
 
+    from src.data.tokenizer import EOS_TOKEN
+
     path = Path(config.training.init_from)
     checkpoint = load_checkpoint(path)
+    start_token = checkpoint.get("story_start_token", EOS_TOKEN)
+    if start_token != EOS_TOKEN:  # e.g. an imported llama2.c model: BOS before each story
+        raise ConfigError(f"{path} starts its stories after {start_token!r}; the trainer lays stories out as "
+                          f"story + {EOS_TOKEN}, so it can fine-tune only checkpoints that do the same")
     tokenizer = checkpoint_tokenizer(checkpoint)
     if config.data.tokenizer != "checkpoint":
         named = load_tokenizer(config.data.tokenizer)
