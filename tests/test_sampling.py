@@ -8,7 +8,6 @@ from src.generation.sampling import (
     RowSettings,
     apply_repetition_penalty,
     candidates,
-    process_logits,
     sample_tokens,
     seen_mask,
 )
@@ -17,6 +16,17 @@ from tests.conftest import tiny_model_config
 
 logits_process = pytest.importorskip("transformers.generation.logits_process")
 
+
+
+def process_logits(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The full-vocabulary logits the sampler draws from, rebuilt from its own penalty and
+    candidate functions, so they can be compared with transformers' logits processors."""
+    rows = RowSettings.of([params] * logits.size(0), logits.device)
+    logits = apply_repetition_penalty(logits.float(), seen, rows.penalty)
+    if params.temperature == 0:
+        return logits
+    values, ids = candidates(logits, rows)
+    return torch.full_like(logits, float("-inf")).scatter(-1, ids, values)
 
 def hf_pipeline(params: SamplingParams):
     return logits_process.LogitsProcessorList([

@@ -38,7 +38,10 @@ def test_smoke_run_writes_metrics_checkpoints_and_plot(data, tmp_path):
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     latest = load_checkpoint(out / "checkpoint_latest.pth")
-    assert latest["training_state"]["step"] == 20 and latest["metrics"]["step"] == 20
+    assert latest["training_state"]["progress"]["step"] == 20 and latest["metrics"]["step"] == 20
+    # one entry per resumable component, plus what each rank keeps of its own
+    assert set(latest["training_state"]) == {"format", "progress", "optimizer", "scaler", "data", "early_stopping",
+                                             "best_checkpoints", "ranks"}
     assert set(latest["config"]) == {"model", "data", "training", "optimizer", "scheduler", "logging"}
     best_ppl = min(r["val_ppl"] for r in eval_records)
     best = find_best_checkpoint(out)
@@ -78,9 +81,10 @@ def test_best_checkpoints_keep_only_the_best_k(tmp_path):
             best.add(ppl, save)
     assert saved == [best_name(p) for p in (50.0, 40.0, 45.0, 30.0)]  # 60 never beat the 2nd best
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == sorted([best_name(30.0), best_name(40.0)])
-    assert best.state() == [[30.0, best_name(30.0)], [40.0, best_name(40.0)]]
+    assert best.state_dict() == {"entries": [[30.0, best_name(30.0)], [40.0, best_name(40.0)]]}
     (tmp_path / "checkpoint_best_ppl_1.00.pth").write_bytes(b"another run's")  # never touched
-    restored = BestCheckpoints(tmp_path, keep=1, entries=best.state())  # as on resume, with keep_best lowered
+    restored = BestCheckpoints(tmp_path, keep=1)  # as on resume, with keep_best lowered
+    restored.load_state_dict(best.state_dict())
     assert not restored.qualifies(35.0) and restored.qualifies(29.0)
     restored.add(29.0, save)
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == sorted([best_name(29.0), "checkpoint_best_ppl_1.00.pth"])
@@ -103,7 +107,7 @@ def test_early_stopping(data, tmp_path):
                        logging__plot=False)
     # the first evaluation sets the best; nothing can improve by 100 nats, so two more evaluations stop it
     assert result.stop_reason == "early_stopping" and result.step == 15 and result.exit_code == 0
-    assert load_checkpoint(out / "checkpoint_latest.pth")["training_state"]["step"] == 15
+    assert load_checkpoint(out / "checkpoint_latest.pth")["training_state"]["progress"]["step"] == 15
 
 
 def test_a_new_run_never_overwrites_an_earlier_one(data, tmp_path):

@@ -69,9 +69,9 @@ def test_killed_and_terminated_runs_resume_exactly(data, tmp_path):
     assert reference.returncode == 0, outputs[0]
     assert killed.returncode == -signal.SIGKILL
     assert terminated.returncode == 143 and "interrupted at step" in outputs[2]  # saved, then exited
-    killed_state = load_checkpoint(tmp_path / "killed" / "checkpoint_latest.pth")["training_state"]
+    killed_state = load_checkpoint(tmp_path / "killed" / "checkpoint_latest.pth")["training_state"]["progress"]
     assert killed_state["step"] % 10 == 0 and 10 <= killed_state["step"] < STEPS  # the last periodic save
-    terminated_state = load_checkpoint(tmp_path / "terminated" / "checkpoint_latest.pth")["training_state"]
+    terminated_state = load_checkpoint(tmp_path / "terminated" / "checkpoint_latest.pth")["training_state"]["progress"]
     assert 25 <= terminated_state["step"] < STEPS  # saved at the step boundary where SIGTERM arrived
 
     resumed = [start(data, tmp_path / out, "--resume", "auto") for out in ("killed", "terminated")]

@@ -101,7 +101,7 @@ def test_precision_choice():
     precision, warning = choose_precision("fp16", cpu)  # fp16 + loss scaling is for GPUs: fp32, with a warning
     assert precision.name == "fp32" and "fp16" in warning
     assert choose_precision("bf16", torch.device("mps"))[0].name == "fp32"
-    assert choose_precision("fp32", cpu)[0].grad_scaler() is None
+    assert not choose_precision("fp32", cpu)[0].grad_scaler().is_enabled()  # a pass-through scaler
 
 
 def test_precision_on_gpus_old_and_new(monkeypatch):

@@ -108,8 +108,6 @@ class Generator:
         self.compile_decode = compile_decode  # see DecodeBatch: a compiled single-row step
         self.tokenizer = tokenizer
         self.eos_id = eos_id if eos_id is not None else tokenizer.token_to_id(EOS_TOKEN)
-        self.device = model.tok_embeddings.weight.device
-        self.max_seq_len = model.config.max_seq_len
         # What a story starts after, as the checkpoint declares it (`LoadedModel.story_prefix`):
         # our stories follow an EOS token in the training stream, llama2.c's follow BOS. The
         # default (no checkpoint at hand) is our own convention.

@@ -114,16 +114,6 @@ def sample_tokens(
     return sampled
 
 
-def process_logits(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """The full-vocabulary logits one row set draws from (for tests and inspection)."""
-    rows = RowSettings.of([params] * logits.size(0), logits.device)
-    logits = apply_repetition_penalty(logits.float(), seen, rows.penalty)
-    if params.temperature == 0:
-        return logits
-    values, ids = candidates(logits, rows)
-    return torch.full_like(logits, float("-inf")).scatter(-1, ids, values)
-
-
 def seen_mask(context_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """(n, V) bool: which tokens occur in each row of context_ids (n, T)."""
     seen = torch.zeros(context_ids.size(0), vocab_size, dtype=torch.bool, device=context_ids.device)

@@ -25,7 +25,7 @@ import hashlib
 import os
 import pickle
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -69,6 +69,7 @@ class LoadedModel:
     metrics: dict[str, Any]
     precision: str = "fp32"  # weight format: fp32, bf16 or int8
     story_start_id: int | None = None  # the token a story starts after (None: no prefix)
+    run_config: dict[str, Any] = field(default_factory=dict)  # the training run's config sections
 
     @property
     def story_prefix(self) -> list[int]:
@@ -286,6 +287,7 @@ def load_model(
         metrics=dict(checkpoint.get("metrics") or {}),
         precision=precision or {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"),
         story_start_id=story_start_id,
+        run_config=dict(checkpoint.get("config") or {}),
     )
 
 
@@ -306,11 +308,10 @@ def compact_checkpoint(source: str | Path, output: str | Path, dtype: torch.dtyp
 
     Used to ship small checkpoints (the bundled demo model); it loads like any other.
     """
-    checkpoint = load_checkpoint(source)
     loaded = load_model(source)
-    metrics = dict(checkpoint.get("metrics") or {})
-    config = {k: v for k, v in checkpoint["config"].items() if k != "model"}
-    eos = checkpoint.get("eos_token", EOS_TOKEN)
+    metrics = dict(loaded.metrics)
+    config = {k: v for k, v in loaded.run_config.items() if k != "model"}
+    eos = loaded.tokenizer.id_to_token(loaded.eos_id) if loaded.eos_id is not None else EOS_TOKEN
     start = None if loaded.story_start_id is None else loaded.tokenizer.id_to_token(loaded.story_start_id)
     return save_checkpoint(output, loaded.model, loaded.tokenizer, config=config, metrics=metrics,
                            weights_dtype=dtype, eos_token=eos, story_start_token=start)

@@ -26,9 +26,10 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
-    def grad_scaler(self) -> torch.amp.GradScaler | None:
-        """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none."""
-        return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        A disabled scaler passes everything through, so the step has no branches for it."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
 
 
 def bf16_supported(device: torch.device) -> bool:

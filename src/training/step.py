@@ -26,11 +26,12 @@ def train_step(
     accum_steps: int,
     precision: Precision,
     device: torch.device,
-    scaler: torch.amp.GradScaler | None = None,
+    scaler: torch.amp.GradScaler | None = None,  # None: no loss scaling (a disabled scaler)
     max_grad_norm: float = 0.0,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(mean loss over the micro-batches, pre-clip gradient norm or None), both still on device."""
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=device)
     for micro in range(accum_steps):
@@ -44,16 +45,12 @@ def train_step(
             with precision.autocast():
                 _, loss = model(x, y)
             scaled = loss / accum_steps
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            scaler.scale(scaled).backward()
         loss_sum += loss.detach().float()
-    if scaler is not None:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     grad_norm = None
     if max_grad_norm > 0:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    if scaler is not None:
-        scaler.step(optimizer)  # skipped when the scaled gradients overflowed
-        scaler.update()
-    else:
-        optimizer.step()
+    scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+    scaler.update()
     return loss_sum / accum_steps, grad_norm

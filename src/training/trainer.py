@@ -27,7 +27,7 @@ from src.config_utils import ConfigError
 from src.data.tokenizer import load_tokenizer, tokenizer_sha256
 from src.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from src.model.transformer_block import WikiMiniModel
-from src.training.checkpointing import LATEST_NAME, BestCheckpoints
+from src.training.checkpointing import LATEST_NAME, BestCheckpoints, EarlyStopping
 from src.training.compile import compile_wanted, try_compile
 from src.training.config import TrainConfig
 from src.training.data import load_run_data
@@ -50,6 +50,7 @@ from src.training.signals import GracefulStop
 from src.training.step import train_step
 
 PLOT_NAME = "loss_curve.png"
+TRAINING_STATE_FORMAT = 2  # 2: one entry per resumable component (Trainer.resumable)
 SAMPLES_NAME = "samples.jsonl"
 
 
@@ -71,6 +72,22 @@ def train(config: TrainConfig, resume: str | None = None) -> TrainResult:
         return Trainer(config, info, device, resume).fit()
     finally:
         teardown_distributed()
+
+
+class RankState:
+    """What differs between ranks: RNG streams and the loss summed since the last log record."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": capture_rng_state(), "loss_sum": float(self.trainer.loss_sum),
+                "loss_steps": self.trainer.loss_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        restore_rng_state(state["rng"])
+        self.trainer.loss_sum.fill_(state["loss_sum"])
+        self.trainer.loss_steps = int(state["loss_steps"])
 
 
 @dataclass
@@ -195,18 +212,17 @@ class Trainer:
                                    None if self.budget_seconds is not None else self.total_steps,
                                    sched.shape, sched.decay_fraction)
 
-        # Run state (restored on resume)
+        # Run state (restored on resume: see `resumable`)
         self.step = 0
         self.tokens_seen = 0
         self.train_seconds = 0.0  # time spent in optimizer steps: what a budget counts
         self.compile_seconds = 0.0  # the first compiled step, left out of the budget
-        self.best_val_loss = math.inf
-        self.evals_without_improvement = 0
-        self.last_eval: dict[str, float] = {}
         self.last_train_loss: float | None = None
         self.loss_sum = torch.zeros((), device=device)  # train loss since the last log record
         self.loss_steps = 0
+        self.early_stopping = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta)
         self.best = BestCheckpoints(self.output_dir, cfg.keep_best)
+        self.rank_state = RankState(self)
         torch.manual_seed(cfg.seed + info.rank)  # dropout masks differ between ranks
         if resume_path is not None:
             self.load_training_state(resume_path)
@@ -286,7 +302,7 @@ class Trainer:
                      "(continue with --resume auto)")
         elif stop_reason == "early_stopping":
             self.log(f"early stopping at step {self.step}: no val_loss improvement in "
-                     f"{self.evals_without_improvement} evaluations")
+                     f"{self.early_stopping.evals_without_improvement} evaluations")
         if self.info.is_main and log_cfg.plot:
             png = plot_loss_curve(self.metrics.path, self.output_dir / PLOT_NAME)
             if png:
@@ -403,14 +419,10 @@ class Trainer:
         started = time.perf_counter()
         result = evaluate(self.model, self.data.val_tokens, self.data.val_bytes, self.seq_len,
                           self.eval_batch_size, self.precision, self.device, self.info)
-        self.last_eval = {"val_loss": result.loss, "val_ppl": result.ppl, "val_bpb": result.bpb}
-        improved = result.loss < self.best_val_loss - self.config.training.early_stopping_min_delta
-        if improved:
-            self.best_val_loss, self.evals_without_improvement = result.loss, 0
-        else:
-            self.evals_without_improvement += 1
+        scores = {"val_loss": result.loss, "val_ppl": result.ppl, "val_bpb": result.bpb}
+        self.early_stopping.update(scores)
         if self.info.is_main:
-            self.metrics.write({"step": self.step, **self.last_eval})
+            self.metrics.write({"step": self.step, **scores})
             self.log(f"step {self.step}: val_loss {result.loss:.4f} | val_ppl {result.ppl:.2f} | "
                      f"val_bpb {result.bpb:.4f}")
             self.loggers.scalars(self.step, {"val/loss": result.loss, "val/ppl": result.ppl, "val/bpb": result.bpb})
@@ -420,8 +432,7 @@ class Trainer:
             self.write_samples()
             self.loggers.flush()
         self.interval_paused += time.perf_counter() - started
-        patience = self.config.training.early_stopping_patience
-        return patience is not None and self.evals_without_improvement >= patience
+        return self.early_stopping.should_stop
 
     def write_samples(self) -> None:
         """A few stories from the current weights (fixed prompts and seed): log, samples.jsonl, TensorBoard."""
@@ -439,36 +450,41 @@ class Trainer:
     # Checkpoints
 
     def checkpoint_metrics(self) -> dict[str, Any]:
-        return {"step": self.step, "train_loss": self.last_train_loss, **self.last_eval}
+        return {"step": self.step, "train_loss": self.last_train_loss, **self.early_stopping.last_eval}
 
     def save_best(self, path: Path) -> None:
         save_checkpoint(path, self.model, self.tokenizer, config=self.config.to_dict(),
                         metrics=self.checkpoint_metrics())
 
+    def resumable(self) -> dict[str, Any]:
+        """Every component that a resume must restore, each with state_dict()/load_state_dict().
+        The model's weights travel separately, as the checkpoint's `model_state_dict`."""
+        return {
+            "progress": self,
+            "optimizer": self.optimizer,
+            "scaler": self.scaler,
+            "data": self.batches,
+            "early_stopping": self.early_stopping,
+            "best_checkpoints": self.best,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's own counters (the "progress" component)."""
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
+                "compile_seconds": self.compile_seconds, "last_train_loss": self.last_train_loss}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.train_seconds, self.compile_seconds = float(state["train_seconds"]), float(state["compile_seconds"])
+        self.last_train_loss = state["last_train_loss"]
+
     def save_latest(self) -> None:
-        """Every rank contributes its RNG state and loss accumulator; rank 0 writes the file."""
+        """Every rank contributes its own state (RNG, loss accumulator); rank 0 writes the file."""
         started = time.perf_counter()
-        per_rank = gather_objects(
-            {"rng": capture_rng_state(), "loss_sum": float(self.loss_sum), "loss_steps": self.loss_steps},
-            self.info,
-        )
+        per_rank = gather_objects(self.rank_state.state_dict(), self.info)
         if self.info.is_main:
-            state = {
-                "step": self.step,
-                "tokens_seen": self.tokens_seen,
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "train_seconds": self.train_seconds,
-                "compile_seconds": self.compile_seconds,
-                "data": self.batches.state_dict(),
-                "ranks": per_rank,
-                "world_size": self.info.world_size,
-                "best_val_loss": self.best_val_loss,
-                "best_checkpoints": self.best.state(),
-                "evals_without_improvement": self.evals_without_improvement,
-                "last_eval": self.last_eval,
-                "last_train_loss": self.last_train_loss,
-            }
+            state = {name: component.state_dict() for name, component in self.resumable().items()}
+            state.update(format=TRAINING_STATE_FORMAT, ranks=per_rank)
             save_checkpoint(self.output_dir / LATEST_NAME, self.model, self.tokenizer,
                             config=self.config.to_dict(), metrics=self.checkpoint_metrics(), training_state=state)
         self.interval_paused += time.perf_counter() - started
@@ -479,6 +495,9 @@ class Trainer:
         if not state:
             raise CheckpointError(f"{path} holds no training state (best checkpoints carry weights only); "
                                   f"resume from {LATEST_NAME}")
+        if state.get("format") != TRAINING_STATE_FORMAT:
+            raise CheckpointError(f"{path} holds training state in an older layout; start a new run from its "
+                                  "weights with --init-from")
         saved = checkpoint["config"]
         ours = self.config.to_dict()
         changed = sorted(k for k in set(saved["model"]) | set(ours["model"]) if saved["model"].get(k) != ours["model"].get(k))
@@ -490,33 +509,16 @@ class Trainer:
         if others:
             self.warn(f"resuming with changed settings: {', '.join(others)}")
         self.model.load_state_dict(checkpoint["model_state_dict"])
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as exc:
-            raise ConfigError(f"cannot resume {path}: optimizer state does not fit ({exc})") from None
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        try:
-            self.batches.load_state_dict(state["data"])
-        except ValueError as exc:
-            raise ConfigError(f"cannot resume {path}: {exc}") from None
-        self.step = int(state["step"])
-        self.tokens_seen = int(state["tokens_seen"])
-        self.train_seconds = float(state.get("train_seconds", 0.0))
-        self.compile_seconds = float(state.get("compile_seconds", 0.0))
-        self.best_val_loss = float(state["best_val_loss"])
-        self.best = BestCheckpoints(self.output_dir, self.config.training.keep_best, state["best_checkpoints"])
-        self.evals_without_improvement = int(state["evals_without_improvement"])
-        self.last_eval = dict(state["last_eval"])
-        self.last_train_loss = state["last_train_loss"]
+        for name, component in self.resumable().items():
+            try:
+                component.load_state_dict(state[name])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"cannot resume {path}: the saved {name} state does not fit ({exc})") from None
         ranks = state["ranks"]
         if len(ranks) != self.info.world_size:
             self.warn(f"checkpoint was written by {len(ranks)} process(es), resuming with "
                       f"{self.info.world_size}: random streams will differ from an uninterrupted run")
-        mine = ranks[self.info.rank % len(ranks)]
-        restore_rng_state(mine["rng"])
-        self.loss_sum.fill_(mine["loss_sum"])
-        self.loss_steps = int(mine["loss_steps"])
+        self.rank_state.load_state_dict(ranks[self.info.rank % len(ranks)])
         self.log(f"resumed from {path} at step {self.step}")
 
     # ------------------------------------------------------------------------------------------
