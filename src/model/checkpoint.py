@@ -41,6 +41,7 @@ from src.data.tokenizer import (
     tokenizer_from_json,
     tokenizer_sha256,
 )
+from src.device import DTYPES
 from src.model.config import ModelConfig
 from src.model.quantize import quantize_int8
 from src.model.transformer_block import WikiMiniModel
@@ -274,7 +275,7 @@ def load_model(
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the model config: {exc}") from None
     if precision is not None:
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}[precision]
+        dtype = torch.bfloat16 if precision == "int8" else DTYPES[precision]  # int8: bf16 activations
     model.to(device=device, dtype=dtype or torch.float32).eval()
     if precision == "int8":
         quantize_int8(model)
