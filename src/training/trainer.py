@@ -24,8 +24,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from src.config_utils import ConfigError
-from src.data.tokenizer import load_tokenizer, tokenizer_sha256
-from src.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from src.data.tokenizer import EOS_TOKEN, load_tokenizer, tokenizer_sha256
+from src.model.checkpoint import CheckpointError, checkpoint_tokenizer, load_checkpoint, save_checkpoint
+from src.model.config import ModelConfig
 from src.model.transformer_block import WikiMiniModel
 from src.training.checkpointing import LATEST_NAME, BestCheckpoints, EarlyStopping
 from src.training.compile import compile_wanted, try_compile
@@ -104,11 +105,6 @@ def load_init_checkpoint(config: TrainConfig) -> InitCheckpoint:
     or the word `checkpoint`; anything else is an error rather than a silent swap. The model
     section is replaced by the checkpoint's (a fine-tune cannot change the architecture).
     """
-    from src.model.checkpoint import checkpoint_tokenizer
-    from src.model.config import ModelConfig
-
-    from src.data.tokenizer import EOS_TOKEN
-
     path = Path(config.training.init_from)
     checkpoint = load_checkpoint(path)
     start_token = checkpoint.get("story_start_token", EOS_TOKEN)
