@@ -25,6 +25,7 @@ import hashlib
 import os
 import pickle
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -41,7 +42,7 @@ from src.data.tokenizer import (
     tokenizer_from_json,
     tokenizer_sha256,
 )
-from src.device import DTYPES
+from src.device import DTYPES, inference_precision, resolve_device
 from src.model.config import ModelConfig
 from src.model.quantize import quantize_int8
 from src.model.transformer_block import WikiMiniModel
@@ -393,10 +394,6 @@ def load_for_inference(
 
     Raises CheckpointError for a bad checkpoint and ValueError for a bad device/precision.
     """
-    import sys
-
-    from src.device import inference_precision, resolve_device
-
     torch_device = resolve_device(device)
     weights = inference_precision(torch_device, precision)
     path, reason = resolve_checkpoint(checkpoint)
