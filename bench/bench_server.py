@@ -1,31 +1,42 @@
 #!/usr/bin/env python3
 """Server under load: time to first token (p50/p95) and aggregate tokens/s at 1, 8 and 32
-concurrent streams against a live `run_ui.py` on a free loopback port.
+concurrent streams against a live `run_ui.py` on a free loopback port, and against llama.cpp's
+`llama-server` on the same weights when it is found.
 
     python bench/bench_server.py [--checkpoint CKPT] [--streams 1 8 32] [--max-tokens 100]
 
 Uses the bundled demo model by default; `--distinct-prompts` gives every stream a prompt never
 sent before (the default shares one, which the server's prefix cache serves after its first
 prefill). Prints a Markdown table and JSON.
+
+With `llama-server` on PATH (or `--llama-server BIN`), both servers are driven through
+`/v1/completions` (streamed, plain sampling at temperature 1, usage from the last chunk) by the
+same client, one server at a time, llama-server on a q8_0 GGUF export of the same checkpoint
+with `-np MAX_CONCURRENT -cb` and as many threads as our decode process; the table then shows
+both side by side with ratios. Without it, that column is skipped with the reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
 PROMPT = "Once upon a time there was"
 PROMPT_NUMBERS = itertools.count()
 NAMES = ["Lily", "Tom", "Mia", "Ben", "Sue", "Max", "Anna", "Tim", "Lucy", "Sam", "Zoe", "Jack"]
@@ -48,19 +59,49 @@ def distinct_prompt(n: int) -> str:
     return f"{first} and {second} had {n} marbles. {PROMPT}"
 
 
-async def one_stream(host: str, port: int, seed: int, max_tokens: int, prompt: str = PROMPT) -> tuple[float, int]:
-    """(seconds to the first token event, tokens generated) for one /generate stream.
+# Extra /v1/completions fields for llama-server: its default sampler chain (top-k 40, min-p,
+# repetition penalty...) off, so both servers sample the same way.
+LLAMA_SERVER_PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0,
+                               "cache_prompt": True}
+
+
+def request_body(api: str, prompt: str, max_tokens: int, seed: int) -> tuple[str, bytes]:
+    """(path, JSON body): our /generate, or streamed /v1/completions ("openai", "llama-server")."""
+    if api == "generate":
+        return "/generate", json.dumps({"prompt": prompt, "max_tokens": max_tokens, "seed": seed}).encode()
+    body = {"prompt": prompt, "max_tokens": max_tokens, "seed": seed, "stream": True, "temperature": 1.0,
+            "top_p": 1.0, "stream_options": {"include_usage": True}}
+    if api == "llama-server":
+        body.update(LLAMA_SERVER_PLAIN_SAMPLING)
+    return "/v1/completions", json.dumps(body).encode()
+
+
+def stream_event(api: str, event: dict) -> tuple[bool, int | None]:
+    """(does it carry text, the stream's token count if it says so) for one SSE data event."""
+    if "error" in event:
+        raise RuntimeError(event["error"])
+    if api == "generate":
+        return "token" in event, event.get("tokens") if event.get("done") else None
+    text = any(choice.get("text") for choice in event.get("choices") or [])
+    usage = event.get("usage") or {}
+    count = usage.get("completion_tokens", (event.get("timings") or {}).get("predicted_n"))
+    return text, count
+
+
+async def one_stream(host: str, port: int, seed: int, max_tokens: int, prompt: str = PROMPT,
+                     api: str = "generate") -> tuple[float, int]:
+    """(seconds to the first text event, tokens generated) for one stream.
 
     A bare asyncio HTTP/1.1 client (chunked transfer + SSE parsing by hand): on a 2-core machine
     that also runs the server, a full client library's own per-request work would be counted
     as server latency.
     """
-    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "seed": seed}).encode()
+    path, body = request_body(api, prompt, max_tokens, seed)
     start = time.perf_counter()
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(b"POST /generate HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+    writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                  b"Accept: text/event-stream\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                 % (host.encode(), len(body), body))
+                 % (path.encode(), host.encode(), len(body), body))
     await writer.drain()
     status = await reader.readline()
     if b" 200 " not in status:
@@ -68,7 +109,7 @@ async def one_stream(host: str, port: int, seed: int, max_tokens: int, prompt: s
     chunked = False
     while (line := await reader.readline()) not in (b"\r\n", b""):
         chunked |= line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower()
-    first, tokens, buffer = None, 0, b""
+    first, tokens, text_events, buffer = None, None, 0, b""
     try:
         while True:
             if chunked:
@@ -88,33 +129,33 @@ async def one_stream(host: str, port: int, seed: int, max_tokens: int, prompt: s
                     continue
                 payload = raw[5:].strip()
                 if payload == b"[DONE]":
-                    return (first if first is not None else float("nan")), tokens
-                event = json.loads(payload)
-                if "token" in event and first is None:
-                    first = time.perf_counter() - start
-                if event.get("done"):
-                    tokens = event["tokens"]
-                if "error" in event:
-                    raise RuntimeError(event["error"])
+                    return (first if first is not None else float("nan")), tokens or text_events
+                has_text, count = stream_event(api, json.loads(payload))
+                if has_text:
+                    text_events += 1
+                    if first is None:
+                        first = time.perf_counter() - start
+                if count is not None:
+                    tokens = count
     finally:
         writer.close()
-    return (first if first is not None else float("nan")), tokens
+    return (first if first is not None else float("nan")), tokens or text_events
 
 
-async def burst(port: int, streams: int, max_tokens: int, distinct: bool) -> tuple[list[float], int, float]:
+async def burst(port: int, streams: int, max_tokens: int, distinct: bool, api: str) -> tuple[list[float], int, float]:
     """(TTFTs in ms, tokens, wall seconds) of `streams` streams started together."""
     start = time.perf_counter()
     prompts = [distinct_prompt(next(PROMPT_NUMBERS)) if distinct else PROMPT for _ in range(streams)]
-    results = await asyncio.gather(*(one_stream("127.0.0.1", port, seed, max_tokens, prompt)
+    results = await asyncio.gather(*(one_stream("127.0.0.1", port, seed, max_tokens, prompt, api)
                                      for seed, prompt in enumerate(prompts)))
     return [r[0] * 1000 for r in results], sum(r[1] for r in results), time.perf_counter() - start
 
 
-def load_level(port: int, streams: int, max_tokens: int, rounds: int, distinct: bool) -> dict:
+def load_level(port: int, streams: int, max_tokens: int, rounds: int, distinct: bool, api: str = "generate") -> dict:
     """`rounds` bursts (a pause between them); TTFT percentiles over every stream of every burst."""
     ttfts, tokens, wall, completed = [], 0, 0.0, 0
     for _ in range(rounds):
-        times, n_tokens, seconds = asyncio.run(burst(port, streams, max_tokens, distinct))
+        times, n_tokens, seconds = asyncio.run(burst(port, streams, max_tokens, distinct, api))
         ttfts += times
         tokens += n_tokens
         wall += seconds
@@ -123,6 +164,35 @@ def load_level(port: int, streams: int, max_tokens: int, rounds: int, distinct: 
     return {"streams": streams, "rounds": rounds, "completed": completed, "started": streams * rounds,
             "ttft_p50_ms": statistics.median(ttfts), "ttft_p95_ms": percentile(ttfts, 0.95),
             "tokens": tokens, "aggregate_tok_s": tokens / wall, "wall_s": wall}
+
+
+@contextlib.contextmanager
+def running(command: list[str], url: str, ready_path: str, name: str):
+    """Start a server process and wait until `ready_path` answers 200; stop it afterwards."""
+    server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ)
+    try:
+        deadline = time.time() + 180
+        while True:
+            if server.poll() is not None:
+                sys.exit(f"{name} exited: {server.stderr.read().decode()[-2000:]}")
+            try:
+                response = httpx.get(f"{url}{ready_path}", timeout=2)
+                if response.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                sys.exit(f"{name} did not start within 180 s")
+            time.sleep(0.3)
+        yield response
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def measure(port: int, args, api: str) -> list[dict]:
+    load_level(port, 2, 10, 1, args.distinct_prompts, api)  # warm-up
+    return [load_level(port, n, args.max_tokens, args.rounds, args.distinct_prompts, api) for n in args.streams]
 
 
 def main() -> None:
@@ -138,44 +208,62 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", help="the server's --precision (auto, fp32, bf16, int8)")
     parser.add_argument("--engine", default="auto", help="the server's --engine (auto, process, thread)")
+    parser.add_argument("--threads", type=int, help="decode threads for both servers (default: ours's default)")
+    parser.add_argument("--llama-server", default=shutil.which("llama-server"), help="llama-server binary")
     args = parser.parse_args()
 
+    api = "openai" if args.llama_server else "generate"
     port = free_port()
     command = [sys.executable, "run_ui.py", "--port", str(port), "--max-concurrent", str(args.max_concurrent),
                "--max-queue", "64", "--device", args.device, "--precision", args.precision, "--engine", args.engine]
     if args.checkpoint:
         command += ["--checkpoint", args.checkpoint]
-    server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            if server.poll() is not None:
-                sys.exit(f"run_ui.py exited: {server.stderr.read().decode()[-2000:]}")
-            try:
-                health = httpx.get(f"{url}/health", timeout=2).json()
-                break
-            except httpx.HTTPError:
-                if time.time() > deadline:
-                    sys.exit("run_ui.py did not start within 120 s")
-                time.sleep(0.3)
-        load_level(port, 2, 10, 1, args.distinct_prompts)  # warm-up
-        rows = [load_level(port, n, args.max_tokens, args.rounds, args.distinct_prompts) for n in args.streams]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    with running(command, f"http://127.0.0.1:{port}", "/health", "run_ui.py") as response:
+        health = response.json()
+        rows = measure(port, args, api)
+
+    theirs, skipped = None, "llama-server not on PATH (build llama.cpp, or --llama-server BIN)"
+    if args.llama_server:
+        from src.model.checkpoint import resolve_checkpoint
+        from src.model.gguf_export import export_gguf
+        from src.server.settings import ServerSettings
+
+        threads = args.threads or ServerSettings().decode_threads()
+        with tempfile.TemporaryDirectory() as tmp:
+            gguf = export_gguf(resolve_checkpoint(args.checkpoint)[0], Path(tmp) / "model.gguf", "q8_0")
+            port = free_port()
+            command = [args.llama_server, "-m", str(gguf), "--port", str(port), "-np", str(args.max_concurrent),
+                       "-cb", "-t", str(threads), "-tb", str(threads),
+                       "-c", str(args.max_concurrent * health["context_length"])]
+            with running(command, f"http://127.0.0.1:{port}", "/health", "llama-server"):
+                theirs = measure(port, args, "llama-server")
+        skipped = None
 
     print(f"\nServer: {health['checkpoint']} ({health['parameters']:,} params) on {health['device']}, "
           f"precision {health.get('precision', '?')}, decode engine {health.get('engine', '?')}, "
-          f"MAX_CONCURRENT {args.max_concurrent}, {args.max_tokens} max tokens per stream, {os.cpu_count()} CPU cores\n")
+          f"MAX_CONCURRENT {args.max_concurrent}, {args.max_tokens} max tokens per stream, {os.cpu_count()} CPU cores")
     print(f"prompts: {'one per stream' if args.distinct_prompts else 'shared'}; {args.rounds} bursts per level, "
-          "TTFT percentiles over all of them\n")
-    print("| streams | completed | TTFT p50 ms | TTFT p95 ms | aggregate tok/s |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['streams']} | {r['completed']}/{r['started']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p95_ms']:.1f} "
-              f"| {r['aggregate_tok_s']:.1f} |")
-    print("\n" + json.dumps({"health": {k: health.get(k) for k in ("checkpoint", "device", "parameters", "precision", "engine")}, "distinct_prompts": args.distinct_prompts, "rows": rows}, indent=1))
+          f"TTFT percentiles over all of them; API {'/v1/completions' if api != 'generate' else '/generate'}\n")
+    if skipped:
+        print(f"skipped llama-server: {skipped}\n")
+    if theirs is None:
+        print("| streams | completed | TTFT p50 ms | TTFT p95 ms | aggregate tok/s |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['streams']} | {r['completed']}/{r['started']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p95_ms']:.1f} "
+                  f"| {r['aggregate_tok_s']:.1f} |")
+    else:
+        print("| streams | ours tok/s | llama-server tok/s | ours / llama-server | ours TTFT p50 ms | "
+              "llama-server TTFT p50 ms | ours TTFT p95 ms | llama-server TTFT p95 ms |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r, t in zip(rows, theirs):
+            print(f"| {r['streams']} | {r['aggregate_tok_s']:.0f} | {t['aggregate_tok_s']:.0f} | "
+                  f"{r['aggregate_tok_s'] / t['aggregate_tok_s']:.2f}x | {r['ttft_p50_ms']:.1f} | {t['ttft_p50_ms']:.1f} | "
+                  f"{r['ttft_p95_ms']:.1f} | {t['ttft_p95_ms']:.1f} |")
+    print("\n" + json.dumps({"health": {k: health.get(k) for k in ("checkpoint", "device", "parameters", "precision", "engine")},
+                             "distinct_prompts": args.distinct_prompts, "rows": rows, "llama_server_rows": theirs}, indent=1))
 
 
 if __name__ == "__main__":

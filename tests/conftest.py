@@ -52,6 +52,18 @@ def tiny_checkpoint(tmp_path_factory, tokenizer) -> Path:
     return path
 
 
+def before_each_forward(monkeypatch, model, hook) -> None:
+    """Call `hook()` before every forward pass of `model` (each prefill and each decode step):
+    to slow decoding down, count the steps, or make one fail."""
+    real_forward = model.forward
+
+    def forward(*args, **kwargs):
+        hook()
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+
+
 def parse_sse(lines) -> list:
     """The `data:` payloads of a server-sent-event stream, JSON-decoded except `[DONE]`."""
     import json

@@ -30,8 +30,10 @@ def test_kv_cache_parity_on_cuda(dtype, tolerance):
     tokens = torch.randint(0, 384, (2, 30), device="cuda")
     with torch.no_grad():
         full = model(tokens).float()
-        cache = model.new_kv_cache(batch_size=2)
-        pieces = [model(tokens[:, :9], kv_cache=cache)] + [model(tokens[:, t : t + 1], kv_cache=cache) for t in range(9, 30)]
+        cache = model.new_kv_cache(rows=2)
+        positions = torch.arange(30, device="cuda")[None]
+        pieces = [model(tokens[:, :9], kv_cache=cache, input_pos=positions[:, :9])]
+        pieces += [model(tokens[:, t : t + 1], kv_cache=cache, input_pos=positions[:, t : t + 1]) for t in range(9, 30)]
     assert (torch.cat(pieces, 1).float() - full).abs().max().item() <= tolerance
 
 

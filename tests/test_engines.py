@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from src.generation import Generator, SamplingParams
-from src.generation.scheduler import END
+from src.server.decode_loop import Finished
 from src.model.checkpoint import load_model
 from src.server.app import create_app
 from src.server.engines import DecodeError, ProcessEngine
@@ -34,7 +34,7 @@ async def drain(queue: asyncio.Queue, timeout: float = 30) -> list:
     items = []
     while True:
         item = await asyncio.wait_for(queue.get(), timeout)
-        if item is END or isinstance(item, BaseException):
+        if isinstance(item, (Finished, BaseException)):
             return items + [item]
         items.append(item)
 
@@ -58,7 +58,7 @@ def test_process_engine_streams_equal_each_request_alone(loaded):
 
     streamed = asyncio.run(run())
     for (prompt, params, seed), items in zip(cases, streamed):
-        assert items[-1] is END
+        assert items[-1] == Finished("length" if len(items) - 1 == params.max_new_tokens else "eos")
         alone = list(generator.iter_token_ids(generator.encode_prompt(prompt), params, seed))
         assert items[:-1] == alone
 
@@ -82,8 +82,8 @@ def test_cancel_stops_the_decode_process_mid_story(loaded):
             engine.close()
 
     rest, short = asyncio.run(run())
-    assert rest[-1] is END and len(rest) < 5_000  # it stopped long before its 100,000 tokens
-    assert short[-1] is END and len(short) == 5
+    assert rest[-1] == Finished("cancelled") and len(rest) < 5_000  # it stopped long before its 100,000 tokens
+    assert short[-1] == Finished("length") and len(short) == 5
 
 
 def test_a_dead_decode_process_fails_its_streams_and_is_restarted_within_a_limit(loaded):

@@ -74,12 +74,11 @@ def test_kv_cache_decoding_matches_full_recompute(prompt_len, n_kv_heads):
     tokens = torch.randint(0, 384, (2, prompt_len + 20))
     with torch.no_grad():
         full = model(tokens)
-        cache = model.new_kv_cache(batch_size=2)
-        pieces = [model(tokens[:, :prompt_len], kv_cache=cache)]
+        cache = model.new_kv_cache(rows=2)
+        pieces = [model(tokens[:, :prompt_len], kv_cache=cache, input_pos=torch.arange(prompt_len)[None])]
         for t in range(prompt_len, tokens.shape[1]):
-            pieces.append(model(tokens[:, t : t + 1], kv_cache=cache))
+            pieces.append(model(tokens[:, t : t + 1], kv_cache=cache, input_pos=torch.tensor([[t]])))
     cached = torch.cat(pieces, dim=1)
-    assert cache.length == tokens.shape[1]
     assert (cached - full).abs().max().item() <= 1e-4
 
 
@@ -88,8 +87,37 @@ def test_kv_cache_chunked_prefill_matches_full_recompute(tiny_model):
     with torch.no_grad():
         full = tiny_model(tokens)
         cache = tiny_model.new_kv_cache()
-        chunks = [tiny_model(tokens[:, a:b], kv_cache=cache) for a, b in ((0, 7), (7, 19), (19, 20), (20, 40))]
+        chunks = [tiny_model(tokens[:, a:b], kv_cache=cache, input_pos=torch.arange(a, b)[None])
+                  for a, b in ((0, 7), (7, 19), (19, 20), (20, 40))]
     assert (torch.cat(chunks, dim=1) - full).abs().max().item() <= 1e-4
+
+
+def test_kv_cache_rows_at_different_positions_match_each_alone(tiny_model):
+    """A ragged step (each row at its own position, one token each) gives every row the logits
+    it gets decoding alone; rows() prefills part of the cache without touching the others."""
+    torch.manual_seed(3)
+    stories = [torch.randint(0, 384, (1, n)) for n in (5, 12, 30)]
+    with torch.no_grad():
+        alone = [tiny_model(story)[:, -1] for story in stories]
+        cache = tiny_model.new_kv_cache(rows=3)
+        for row, story in enumerate(stories):
+            prefix = story[:, :-1]
+            tiny_model(prefix, kv_cache=cache.rows(row, row + 1), input_pos=torch.arange(prefix.shape[1])[None])
+        last = torch.cat([story[:, -1:] for story in stories])
+        positions = torch.tensor([[story.shape[1] - 1] for story in stories])
+        ragged = tiny_model(last, kv_cache=cache, input_pos=positions)[:, -1]
+        fixed = tiny_model(last, kv_cache=cache, input_pos=positions, key_span=cache.capacity)[:, -1]
+    for row in range(3):
+        torch.testing.assert_close(ragged[row], alone[row][0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(fixed[row], alone[row][0], atol=1e-4, rtol=0)
+
+
+def test_kv_cache_refuses_positions_past_its_capacity(tiny_model):
+    cache = tiny_model.new_kv_cache()
+    with pytest.raises(ValueError, match="needs input_pos"):
+        tiny_model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="exceeds the model's context of 64"):
+        tiny_model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache, input_pos=torch.tensor([[64]]))
 
 
 def test_last_logits_only_and_context_limit(tiny_model):

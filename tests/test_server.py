@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 from src.model.checkpoint import load_model
 from src.server.app import create_app
 from src.server.settings import ServerSettings, parse_settings
-from tests.conftest import parse_sse
+from tests.conftest import before_each_forward, parse_sse
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def loaded(tiny_checkpoint):
 
 @pytest.fixture()
 def client(loaded):
-    # decoding on a thread: tests reach into the batch (tests/test_engines.py covers the process)
+    # decoding on a thread, in this process: tests can slow or fail the model (tests/test_engines.py covers the process)
     settings = ServerSettings(max_concurrent=2, max_queue=2, engine="thread")
     with TestClient(create_app(loaded, settings)) as test_client:
         yield test_client
@@ -88,18 +88,15 @@ def test_prompt_longer_than_context_is_422(client):
     assert "context is 64 tokens" in response.json()["error"]
 
 
-def test_error_mid_stream_is_reported_then_DONE(client, monkeypatch):
-    batch = client.app.state.engine.batch
-    real_step = batch.step
+def test_error_mid_stream_is_reported_then_DONE(client, loaded, monkeypatch):
     calls = []
 
-    def failing():
+    def fail_at_the_third_step():  # the prefill, two decode steps, then a failure
         calls.append(1)
         if len(calls) == 4:
             raise RuntimeError("simulated failure")
-        return real_step()
 
-    monkeypatch.setattr(batch, "step", failing)
+    before_each_forward(monkeypatch, loaded.model, fail_at_the_third_step)
     events = stream_events(client, {"prompt": "Once", "max_tokens": 50, "seed": 1})
     assert events[-1] == "[DONE]"
     assert events[-2] == {"error": "RuntimeError: simulated failure"}

@@ -13,7 +13,7 @@ from src.generation import PRESETS, Generator
 from src.model.checkpoint import load_model
 from src.server.app import create_app
 from src.server.settings import ServerSettings
-from tests.conftest import parse_sse
+from tests.conftest import before_each_forward, parse_sse
 
 
 def free_port() -> int:
@@ -73,19 +73,15 @@ def test_16_concurrent_streams_all_complete(loaded):
         assert httpx.get(f"{live.url}/health").json()["active_generations"] == 0
 
 
-def test_disconnect_frees_the_slot_and_queue_overflow_is_503(loaded):
+def test_disconnect_frees_the_slot_and_queue_overflow_is_503(loaded, monkeypatch):
     app = create_app(loaded, ServerSettings(max_concurrent=1, max_queue=1, engine="thread"))
-    batch = app.state.engine.batch
-    real_step = batch.step
     decoded = []
 
-    def slow_step():  # 20 ms per token: a long story holds its slot
+    def slow_step():  # 20 ms per forward pass: a long story holds its slot
         time.sleep(0.02)
-        emitted = real_step()
-        decoded.extend(token for _, token in emitted)
-        return emitted
+        decoded.append(1)
 
-    batch.step = slow_step
+    before_each_forward(monkeypatch, loaded.model, slow_step)
     with LiveServer(app) as live:
         long_body = {"prompt": "Once", "max_tokens": 1000, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
                      "repetition_penalty": 1.0, "seed": 0}

@@ -10,7 +10,7 @@ from src.generation.postprocess import (
     normalize_whitespace,
     postprocess,
 )
-from src.generation.streaming import REPLACEMENT_CHAR, StreamDecoder
+from src.generation.text import REPLACEMENT_CHAR, StoryText
 from src.model import WikiMiniModel
 from tests.conftest import tiny_model_config
 
@@ -19,10 +19,32 @@ from tests.conftest import tiny_model_config
 def test_stream_decoder_deltas_concatenate_to_decode(tokenizer, text):
     ids = tokenizer.encode(text).ids
     assert len(ids) > len(text.split())  # multi-byte characters really are split across tokens
-    decoder = StreamDecoder(tokenizer)
-    deltas = [decoder.push(i) for i in ids] + [decoder.flush()]
+    story = StoryText(tokenizer, "", 0, seed=0)
+    deltas = [story.push(i) for i in ids] + [story.finish("eos")]
     assert "".join(deltas) == tokenizer.decode(ids) == text
     assert all(REPLACEMENT_CHAR not in d for d in deltas)
+    assert story.result().finish_reason == "eos" and story.result().token_ids == ids
+
+
+@pytest.mark.parametrize("stops", [["bird"], ["sky.", "xyz"], ["\n\n"], ["b"]])
+def test_story_text_cuts_before_a_stop_and_never_shows_its_start(tokenizer, stops):
+    text = "The sun is up. A bird sings in the sky.\n\nThe end, bye."
+    cut = min(text.find(s) for s in stops if s in text)
+    story = StoryText(tokenizer, "", 0, seed=0, stops=stops)
+    shown = ""
+    for token in tokenizer.encode(text).ids:
+        shown += story.push(token)
+        assert text.startswith(shown) and len(shown) <= cut  # nothing at or past the stop, ever
+    shown += story.finish("length")
+    assert shown == text[:cut] == story.result().text and story.result().finish_reason == "stop"
+
+
+def test_story_text_holds_a_partial_stop_until_it_cannot_match(tokenizer):
+    story = StoryText(tokenizer, "", 0, seed=0, stops=["The end"])
+    shown = "".join(story.push(t) for t in tokenizer.encode("They ran. The en").ids)
+    assert "The en" not in shown
+    shown += "".join(story.push(t) for t in tokenizer.encode("emy came.").ids) + story.finish("eos")
+    assert shown == "They ran. The enemy came." and story.result().finish_reason == "eos"
 
 
 def test_random_byte_soup_streams_exactly(tokenizer):

@@ -14,6 +14,7 @@ import pytest
 from src.model.checkpoint import load_model
 from src.server.app import create_app
 from src.server.settings import ServerSettings
+from tests.conftest import before_each_forward
 from tests.test_server_live import LiveServer
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
@@ -23,16 +24,10 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networkin
                 "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
-def test_page_streams_a_story_and_stop_aborts(tiny_checkpoint, tmp_path):
-    app = create_app(load_model(tiny_checkpoint), ServerSettings(engine="thread"))
-    batch = app.state.engine.batch
-    real_step = batch.step
-
-    def slow_step():  # slow decoding down so the page can be seen mid-stream
-        time.sleep(0.03)
-        return real_step()
-
-    batch.step = slow_step
+def test_page_streams_a_story_and_stop_aborts(tiny_checkpoint, monkeypatch, tmp_path):
+    loaded = load_model(tiny_checkpoint)
+    app = create_app(loaded, ServerSettings(engine="thread"))
+    before_each_forward(monkeypatch, loaded.model, lambda: time.sleep(0.03))  # slow enough to see mid-stream
     with LiveServer(app) as live, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 760})
@@ -60,16 +55,10 @@ def test_page_streams_a_story_and_stop_aborts(tiny_checkpoint, tmp_path):
         browser.close()
 
 
-def test_page_runs_one_request_at_a_time_and_checks_its_fields(tiny_checkpoint):
-    app = create_app(load_model(tiny_checkpoint), ServerSettings(engine="thread"))
-    batch = app.state.engine.batch
-    real_step = batch.step
-
-    def slow_step():
-        time.sleep(0.03)
-        return real_step()
-
-    batch.step = slow_step
+def test_page_runs_one_request_at_a_time_and_checks_its_fields(tiny_checkpoint, monkeypatch):
+    loaded = load_model(tiny_checkpoint)
+    app = create_app(loaded, ServerSettings(engine="thread"))
+    before_each_forward(monkeypatch, loaded.model, lambda: time.sleep(0.03))  # slow enough to see mid-stream
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         page = browser.new_page()

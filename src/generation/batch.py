@@ -18,7 +18,7 @@ import torch
 
 from src.generation.presets import SamplingParams
 from src.generation.sampling import RowSettings, sample_tokens, sampling_distribution
-from src.model.kv_cache import RaggedKVCache, SingleRowView
+from src.model.kv_cache import KVCache
 from src.model.transformer_block import WikiMiniModel
 
 
@@ -67,7 +67,7 @@ class PrefixCache:
     def __contains__(self, window: tuple[int, ...]) -> bool:
         return window in self.entries
 
-    def store(self, window: tuple[int, ...], cache: RaggedKVCache, row: int, logits: torch.Tensor) -> None:
+    def store(self, window: tuple[int, ...], cache: KVCache, row: int, logits: torch.Tensor) -> None:
         n = len(window)
         keys, values = cache.keys[:, row, :, :n], cache.values[:, row, :, :n]
         size = self._size((keys, values, logits))
@@ -79,14 +79,13 @@ class PrefixCache:
         self.entries[window] = (keys, values, logits.clone())
         self.used_bytes += size
 
-    def restore(self, window: tuple[int, ...], cache: RaggedKVCache, row: int) -> torch.Tensor:
+    def restore(self, window: tuple[int, ...], cache: KVCache, row: int) -> torch.Tensor:
         """Write the window's keys/values into `row`; return its logits."""
         keys, values, logits = self.entries[window]
         self.entries.move_to_end(window)
         n = len(window)
         cache.keys[:, row, :, :n] = keys
         cache.values[:, row, :, :n] = values
-        cache.lengths[row] = n
         return logits
 
     @staticmethod
@@ -104,15 +103,17 @@ class DecodeBatch:
         # when the context is full, restart the cache from the last three quarters of it
         self.keep = max(1, self.max_seq_len - self.max_seq_len // 4)
         self.device = model.tok_embeddings.weight.device
-        self.cache = model.new_ragged_kv_cache(slots, dtype=decode_cache_dtype(model))
+        self.cache = model.new_kv_cache(rows=slots, dtype=decode_cache_dtype(model))
+        self.lengths = [0] * slots  # positions written in each row of the cache
         self.seen = torch.zeros(slots, model.config.vocab_size, dtype=torch.bool, device=self.device)
         self.requests: list[Request] = []  # row i decodes requests[i]
         self._settings: RowSettings | None = None
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
         # With compile_decode, a lone row decodes through a torch.compile'd forward over fixed
-        # shapes (SingleRowView): one compiled kernel per fused group of small ops instead of
-        # hundreds of eager ops per token. The prefill and batched steps stay eager.
-        self._row_view = SingleRowView(self.cache) if compile_decode else None
+        # shapes (its position a tensor, attention over the whole capacity, masked): one
+        # compiled kernel per fused group of small ops instead of hundreds of eager ops per
+        # token, traced once per story. The prefill and batched steps stay eager.
+        self._position = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self._compiled_forward = torch.compile(model, fullgraph=True, dynamic=False) if compile_decode else None
         self._compiled_distribution = (torch.compile(sampling_distribution, fullgraph=True, dynamic=False)
                                        if compile_decode else sampling_distribution)
@@ -153,8 +154,10 @@ class DecodeBatch:
         if pairs:
             self.seen[tuple(torch.tensor(pairs, device=self.device).T)] = True
         # restore before storing: a store may evict an entry this admission is about to use
-        restored = [self.prefix_cache.restore(window, self.cache, row)
-                    for row, window in enumerate(unique[len(to_prefill):], start + len(to_prefill))]
+        restored = []
+        for row, window in enumerate(unique[len(to_prefill):], start + len(to_prefill)):
+            restored.append(self.prefix_cache.restore(window, self.cache, row))
+            self.lengths[row] = len(window)
         leader_logits = []
         if to_prefill:
             prefilled = self._prefill(start, [list(w) for w in to_prefill], want_logits=True)
@@ -165,16 +168,13 @@ class DecodeBatch:
         copies = [(start + offset, start + src) for offset, src in enumerate(source) if offset != src]
         if copies:
             targets, sources = (torch.tensor(c, device=self.device) for c in zip(*copies))
-            span = max(len(w) for w in unique)
-            self.cache.keys[:, targets, :, :span] = self.cache.keys[:, sources, :, :span]
-            self.cache.values[:, targets, :, :span] = self.cache.values[:, sources, :, :span]
+            self.cache.copy_rows(sources, targets, span=max(len(w) for w in unique))
             for target, src in copies:
-                self.cache.lengths[target] = self.cache.lengths[src]
+                self.lengths[target] = self.lengths[src]
         logits = torch.stack(leader_logits)[torch.tensor(source, device=self.device)]
         settings = RowSettings.of([r.params for r in requests], self.device)
         tokens = sample_tokens(logits, settings, [r.rng for r in requests], self.seen[rows])
         self.requests.extend(requests)
-        self.cache.active = len(self.requests)
         self._settings = None
         return self._record(requests, start, tokens)
 
@@ -187,22 +187,22 @@ class DecodeBatch:
         # the padded positions' keys are overwritten or masked before any query can see them.
         padded = [w + [0] * (longest - len(w)) for w in windows]
         ids = torch.tensor(padded, dtype=torch.long, device=self.device)
-        view = self.cache.rows_view(start, start + len(windows))
+        rows = self.cache.rows(start, start + len(windows))
+        positions = torch.arange(longest, device=self.device)[None, :]
         last = torch.tensor([n - 1 for n in lengths], device=self.device)
-        logits = self.model(ids, kv_cache=view, logit_positions=last)[:, -1] if longest else None
-        for offset, n in enumerate(lengths):
-            self.cache.lengths[start + offset] = n
+        logits = self.model(ids, kv_cache=rows, input_pos=positions, logit_positions=last)[:, -1] if longest else None
+        self.lengths[start:start + len(windows)] = lengths
         return logits if want_logits else None
 
     def _slide_full_rows(self) -> None:
         for row, request in enumerate(self.requests):
-            if self.cache.lengths[row] >= self.max_seq_len:
+            if self.lengths[row] >= self.max_seq_len:
                 # restart from the recent context, all but the last token, which the step feeds
                 window = (request.window_ids + request.generated)[-self.keep:]
                 if len(window) > 1:
                     self._prefill(row, [window[:-1]])
                 else:
-                    self.cache.lengths[row] = 0
+                    self.lengths[row] = 0
 
     @torch.inference_mode()
     def step(self) -> list[tuple[Request, int]]:
@@ -220,30 +220,31 @@ class DecodeBatch:
         n = len(self.requests)
         ids = torch.tensor([[r.next_input] for r in self.requests], dtype=torch.long, device=self.device)
         if n == 1 and self._compiled_forward is not None:
-            logits = self._compiled_single_row(ids)
+            self._position.fill_(self.lengths[0])
+            logits = self._compiled_forward(ids, kv_cache=self.cache, input_pos=self._position,
+                                            key_span=self.cache.capacity)[:, -1]
             distribution = self._compiled_distribution
         else:
-            logits = self.model(ids, kv_cache=self.cache)[:, -1]
+            positions = torch.tensor(self.lengths[:n], device=self.device)[:, None]
+            logits = self.model(ids, kv_cache=self.cache, input_pos=positions)[:, -1]
             distribution = sampling_distribution
+        for row in range(n):
+            self.lengths[row] += 1
         tokens = sample_tokens(logits, self._settings, [r.rng for r in self.requests], self.seen[:n], distribution)
         return self._record(list(self.requests), 0, tokens)
 
-    def _compiled_single_row(self, ids: torch.Tensor) -> torch.Tensor:
-        self._row_view.position.fill_(self.cache.lengths[0])
-        logits = self._compiled_forward(ids, kv_cache=self._row_view)[:, -1]
-        self.cache.lengths[0] += 1
-        return logits
-
     def _record(self, requests: list[Request], start: int, tokens: torch.Tensor) -> list[tuple[Request, int]]:
-        """Note each row's new token (penalty mask, finish), drop finished rows, return the pairs."""
+        """Note each row's new token (penalty mask, finish), drop finished rows, return the
+        (request, token) pairs of the generated tokens: an EOS that ends a story is not one of
+        them, the request's `finish_reason` says "eos" instead."""
         rows = torch.arange(start, start + len(requests), device=self.device)
         self.seen[rows, tokens] = True
         emitted = []
         for request, token in zip(requests, tokens.tolist()):
-            emitted.append((request, token))
             if token == self.eos_id and request.params.stop_at_eos:
                 request.finish_reason = "eos"
                 continue
+            emitted.append((request, token))
             request.generated.append(token)
             request.next_input = token
             if len(request.generated) >= request.params.max_new_tokens:
@@ -254,7 +255,6 @@ class DecodeBatch:
     def clear(self) -> None:
         """Forget every request (after a failed step)."""
         self.requests.clear()
-        self.cache.active = 0
         self._settings = None
 
     def _drop_finished(self) -> None:
@@ -268,9 +268,10 @@ class DecodeBatch:
                 continue
             last = len(self.requests) - 1
             if row != last:
-                self.cache.move_row(last, row)
+                self.cache.copy_rows(torch.tensor([last], device=self.device), torch.tensor([row], device=self.device),
+                                     span=self.lengths[last])
+                self.lengths[row] = self.lengths[last]
                 self.seen[row] = self.seen[last]
                 self.requests[row] = self.requests[last]
             self.requests.pop()
-            self.cache.active = len(self.requests)
             self._settings = None

@@ -7,15 +7,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.model.config import ModelConfig
-from src.model.kv_cache import CAUSAL, KVCache, RaggedKVCache
+from src.model.kv_cache import KVCache
 from src.model.rope import apply_rope
 
 
 def masked_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """One query per row over keys masked per row (a ragged decode batch), softmax in fp32.
+    """One query per row over keys masked per row (each row at its own position), softmax in fp32.
 
     Plain matmuls: on CPU, SDPA with a mask and a single query is 2-4x slower than this for a
-    batch of rows (measured at 32 rows x 100-250 keys, bf16 and fp32).
+    batch of rows.
     """
     scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
     weights = scores.float().masked_fill(~mask, float("-inf")).softmax(dim=-1).to(v.dtype)
@@ -40,8 +40,12 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        kv_cache: KVCache | RaggedKVCache | None = None,
+        kv_cache: KVCache | None = None,
+        input_pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Without a cache: causal attention over `x`. With one: the new keys/values go to
+        `input_pos` (B, T), and `mask` (B, 1, T, span) says which cached positions each query sees."""
         batch, seq_len, _ = x.shape
         q_size = self.n_heads * self.head_dim
         kv_size = self.n_kv_heads * self.head_dim
@@ -51,21 +55,20 @@ class Attention(nn.Module):
         v = v.view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        mask = CAUSAL if seq_len > 1 else None
         if kv_cache is not None:
-            k, v, mask = kv_cache.update(self.layer_index, k, v)
+            k, v = kv_cache.update(self.layer_index, input_pos, k, v, span=mask.shape[-1])
             q = q.to(k.dtype)  # a float32 cache under bf16 weights: attention runs in float32
         if self.n_kv_heads != self.n_heads:
             repeat = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(repeat, dim=1)
             v = v.repeat_interleave(repeat, dim=1)
 
-        dropout = self.dropout if self.training else 0.0
-        if mask is CAUSAL:
+        if kv_cache is None:
+            dropout = self.dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-        elif mask is not None and seq_len == 1 and not self.training:
+        elif seq_len == 1:
             out = masked_decode_attention(q, k, v, mask)
-        else:  # None: every key (one new token after a cache); a tensor: what each query may see
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.transpose(1, 2).reshape(batch, seq_len, q_size).to(x.dtype)
         return self.out_proj(out)

@@ -15,7 +15,7 @@ from torch import nn
 
 from src.model.attention import Attention
 from src.model.config import ModelConfig
-from src.model.kv_cache import KVCache, RaggedKVCache
+from src.model.kv_cache import KVCache
 from src.model.rope import rope_cos_sin
 
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss
@@ -57,8 +57,8 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos, sin, kv_cache: KVCache | RaggedKVCache | None = None) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, kv_cache))
+    def forward(self, x, cos, sin, kv_cache: KVCache | None = None, input_pos=None, mask=None) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, kv_cache, input_pos, mask))
         return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
 
 
@@ -105,50 +105,58 @@ class WikiMiniModel(nn.Module):
                 count += buffer.numel()
         return count
 
-    def new_kv_cache(
-        self, batch_size: int = 1, capacity: int | None = None, dtype: torch.dtype | None = None
-    ) -> KVCache:
+    def new_kv_cache(self, rows: int = 1, dtype: torch.dtype | None = None) -> KVCache:
+        """A cache for `rows` sequences of up to the model's context (weights' dtype by default)."""
         weight = self.tok_embeddings.weight
-        return KVCache(self.config.n_layers, batch_size, self.config.kv_heads, self.config.head_dim,
-                       capacity or self.config.max_seq_len, weight.device, dtype or weight.dtype)
-
-    def new_ragged_kv_cache(self, slots: int, dtype: torch.dtype | None = None) -> RaggedKVCache:
-        """Cache slots for `slots` sequences decoded together at different lengths."""
-        weight = self.tok_embeddings.weight
-        return RaggedKVCache(self.config.n_layers, slots, self.config.kv_heads, self.config.head_dim,
-                             self.config.max_seq_len, weight.device, dtype or weight.dtype)
+        return KVCache.allocate(self.config.n_layers, rows, self.config.kv_heads, self.config.head_dim,
+                                self.config.max_seq_len, weight.device, dtype or weight.dtype)
 
     def forward(
         self,
         input_ids: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
-        kv_cache: KVCache | RaggedKVCache | None = None,
+        kv_cache: KVCache | None = None,
+        input_pos: torch.Tensor | None = None,
+        key_span: int | None = None,
         last_logits_only: bool = False,
         logit_positions: torch.Tensor | None = None,
     ):
-        """Logits for `input_ids` (B, T); with `kv_cache`, the tokens continue the cached ones.
+        """Logits for `input_ids` (B, T).
+
+        With `kv_cache`, `input_pos` (B, T) gives each token's position: its keys/values are
+        written there and it attends to the positions up to its own. Attention reads the first
+        `key_span` cached positions (default: up to the furthest position in `input_pos`); a
+        compiled decode step passes the cache's capacity, so its shapes never change.
 
         `last_logits_only` computes the vocabulary projection for the final position alone,
         which is all that sampling needs; `logit_positions` (B,) picks one position per row
         instead (the last real token of each prompt in a right-padded batch). Either way the
         logits have shape (B, 1, V).
         """
-        _, seq_len = input_ids.shape
-        end = kv_cache.next_length(seq_len) if kv_cache is not None else seq_len
-        if end > self.config.max_seq_len:
-            raise ValueError(
-                f"sequence of {end} tokens exceeds the model's context of {self.config.max_seq_len}"
-            )
+        batch, seq_len = input_ids.shape
+        mask = None
         if kv_cache is None:
+            if seq_len > self.config.max_seq_len:
+                raise ValueError(
+                    f"sequence of {seq_len} tokens exceeds the model's context of {self.config.max_seq_len}"
+                )
             cos, sin = self.rope_cos[:seq_len], self.rope_sin[:seq_len]
         else:
-            cos, sin = kv_cache.rope_tables(self.rope_cos, self.rope_sin, seq_len)
+            if input_pos is None:
+                raise ValueError("decoding with a KV cache needs input_pos, the tokens' positions")
+            input_pos = input_pos.expand(batch, seq_len)
+            span = key_span if key_span is not None else int(input_pos.max()) + 1
+            if span > kv_cache.capacity:
+                raise ValueError(
+                    f"sequence of {span} tokens exceeds the model's context of {kv_cache.capacity}"
+                )
+            cos, sin = self.rope_cos[input_pos][:, None], self.rope_sin[input_pos][:, None]
+            keys_at = torch.arange(span, device=input_ids.device)
+            mask = (keys_at <= input_pos[..., None])[:, None]  # (B, 1, T, span): causal per row
         x = self.dropout(self.tok_embeddings(input_ids))
         for layer in self.layers:
-            x = layer(x, cos, sin, kv_cache)
-        if kv_cache is not None:
-            kv_cache.advance(seq_len)
+            x = layer(x, cos, sin, kv_cache, input_pos, mask)
         x = self.norm(x)
         if logit_positions is not None:
             x = x[torch.arange(x.shape[0], device=x.device), logit_positions][:, None, :]

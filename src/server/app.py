@@ -1,7 +1,7 @@
 """The FastAPI app: web page, SSE generation, health, and an OpenAI-compatible API.
 
 One decode loop runs every active generation in the same forward pass (continuous batching,
-`src/generation/scheduler.py`), in a process of its own on CPU (`src/server/engines.py`), and
+`src/server/decode_loop.py`), in a process of its own on CPU (`src/server/engines.py`), and
 hands tokens to the event loop, which stays free; a client that disconnects leaves the batch
 at the next step. Each request keeps its own random generator, so a seeded request gives the
 same story alone or beside others.
@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import swagger_ui_bundle
@@ -28,11 +27,11 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
-from src.generation.engine import GenerationResult, Generator
+from src.generation.engine import Generator
 from src.generation.presets import PRESETS, SamplingParams
-from src.generation.scheduler import END
-from src.generation.stops import StopSequenceFilter
+from src.generation.text import GenerationResult
 from src.model.checkpoint import LoadedModel
+from src.server.decode_loop import Finished
 from src.server.engines import ProcessEngine, ThreadEngine
 from src.server.limiter import ServerBusy, SlotLimiter, Ticket
 from src.server.guards import (
@@ -65,12 +64,6 @@ def error_responses(model: type, *codes: int) -> dict:
     reasons = {400: "invalid or unsupported request", 413: "request body too large",
                422: "invalid request", 503: "busy or unavailable; retry after Retry-After seconds"}
     return {code: {"model": model, "description": reasons[code]} for code in codes}
-
-
-@dataclass
-class Finished:
-    result: GenerationResult
-    finish_reason: str  # "eos", "length" or "stop"
 
 
 class ApiError(Exception):
@@ -199,38 +192,27 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
 
     async def run_generation(
         prompt: str, prompt_ids: list[int], params: SamplingParams, ticket: Ticket, stops: list[str] | None = None
-    ) -> AsyncIterator[str | Finished]:
-        """Text deltas, then one Finished. Waits for a slot first; frees it however it ends."""
+    ) -> AsyncIterator[str | GenerationResult]:
+        """Text deltas, then the GenerationResult. Waits for a slot first; frees it however it ends."""
         async with ticket:
             seed = generator.seed_for(params)
             request = generator.new_request(prompt_ids, params, seed)
-            assembler = generator.assembler(prompt, prompt_ids, params, seed)
-            stop_filter = StopSequenceFilter(stops) if stops else None
+            text = generator.story_text(prompt, prompt_ids, seed, stops)
             tokens = engine.submit(request)
             try:
-                while True:
+                while text.finish_reason is None:
                     item = await tokens.get()
-                    if item is END:
-                        break
-                    if isinstance(item, BaseException):
+                    if isinstance(item, Finished):
+                        delta = text.finish(item.reason)
+                    elif isinstance(item, BaseException):
                         raise item
-                    delta = assembler.push(item)
-                    if stop_filter is not None:
-                        delta = stop_filter.push(delta)
+                    else:
+                        delta = text.push(item)
                     if delta:
                         yield delta
-                    if stop_filter is not None and stop_filter.stopped:
-                        break
-                tail = assembler.flush()
-                if stop_filter is not None:
-                    tail = stop_filter.push(tail) + ("" if stop_filter.stopped else stop_filter.flush())
-                if tail:
-                    yield tail
             finally:
                 engine.cancel(request)  # stops decoding when we leave early (disconnect, stop sequence)
-            stopped = stop_filter is not None and stop_filter.stopped
-            result = assembler.result()
-            yield Finished(result, "stop" if stopped else result.finish_reason)
+            yield text.result()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -287,10 +269,10 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
             try:
                 async with aclosing(run_generation(body.prompt, prompt_ids, params, ticket)) as items:
                     async for item in items:
-                        if isinstance(item, Finished):
+                        if isinstance(item, GenerationResult):
                             yield {"data": json.dumps({
-                                "done": True, "finish_reason": item.finish_reason, "tokens": item.result.tokens,
-                                "tokens_per_s": round(item.result.tokens_per_s, 2), "seed": item.result.seed,
+                                "done": True, "finish_reason": item.finish_reason, "tokens": item.tokens,
+                                "tokens_per_s": round(item.tokens_per_s, 2), "seed": item.seed,
                             })}
                         else:
                             yield {"data": json.dumps({"token": item}, ensure_ascii=False)}
@@ -333,27 +315,27 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
 
         if not body.stream:
             try:
-                pieces, finished = [], None
+                pieces, result = [], None
                 async with aclosing(run_generation(prompt, prompt_ids, params, ticket, stops)) as items:
                     async for item in items:
-                        if isinstance(item, Finished):
-                            finished = item
+                        if isinstance(item, GenerationResult):
+                            result = item
                         else:
                             pieces.append(item)
             finally:
                 ticket.release()
-            response = chunk("".join(pieces), openai_reason.get(finished.finish_reason, "stop"))
-            response["usage"] = usage(finished.result)
+            response = chunk("".join(pieces), openai_reason.get(result.finish_reason, "stop"))
+            response["usage"] = usage(result)
             return response
 
         async def events():
             try:
                 async with aclosing(run_generation(prompt, prompt_ids, params, ticket, stops)) as items:
                     async for item in items:
-                        if isinstance(item, Finished):
+                        if isinstance(item, GenerationResult):
                             final = chunk("", openai_reason.get(item.finish_reason, "stop"))
                             if body.stream_options is not None and body.stream_options.include_usage:
-                                final["usage"] = usage(item.result)
+                                final["usage"] = usage(item)
                             yield {"data": json.dumps(final)}
                         else:
                             yield {"data": json.dumps(chunk(item, None), ensure_ascii=False)}

@@ -1,7 +1,7 @@
 """Where the server's decode loop runs: in a process of its own, or on a thread beside the event loop.
 
 Both engines take a Request on the event loop and return an asyncio.Queue that receives the
-request's token ids, then END, or an exception if decoding failed.
+request's token ids, then `Finished(reason)`, or an exception if decoding failed.
 
 `ProcessEngine` (the default on CPU) runs the DecodeLoop in a child process. On a thread, the
 decode loop and the event loop share one GIL: every PyTorch op releases it, and while the event
@@ -10,8 +10,8 @@ Measured on 2 cores under a burst of 32 streams, one prefill took 26 ms instead 
 decode step 16-21 ms instead of 10 ms. A separate process has its own GIL; the event loop only
 reads one small message per step from a pipe.
 
-`ThreadEngine` keeps everything in one process: tests reach into its batch, and it is the
-default on CUDA, where the process engine has not been measured.
+`ThreadEngine` keeps everything in one process: the default on CUDA, where the process engine
+has not been measured.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 import torch.multiprocessing
 
 from src.generation.batch import Request
-from src.generation.scheduler import END, BatchScheduler, DecodeLoop, run_decode_loop
+from src.server.decode_loop import DecodeLoop, Finished, run_decode_loop
 from src.model.transformer_block import WikiMiniModel
 
 ENGINE_CHOICES = ("auto", "process", "thread")
@@ -76,27 +76,71 @@ class ThreadToLoopRelay:
 
 
 class ThreadEngine:
+    """Runs the decode loop on a thread of this process, started with the first request."""
+
     name = "thread"
 
     def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int) -> None:
-        self.scheduler = BatchScheduler(model, eos_id, slots)
-        self.batch = self.scheduler.batch
+        self.loop = DecodeLoop(model, eos_id, slots)
         self.relay = ThreadToLoopRelay()
         self.failure: str | None = None
+        self._senders: dict[int, object] = {}  # by id(request), until its last item
+        self._inbox: collections.deque[tuple[str, Request]] = collections.deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Nothing to start: the decode thread starts with the first request."""
 
     def submit(self, request: Request) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue()
-        self.scheduler.submit(request, self.relay.sender(queue))
+        with self._wake:
+            if self._closed:
+                raise DecodeError("the decode loop has been shut down")
+            self._senders[id(request)] = self.relay.sender(queue)
+            self._inbox.append(("submit", request))
+            if self._thread is None:
+                self._thread = threading.Thread(target=run_decode_loop, args=(self.loop, self._receive, self._deliver),
+                                                name="decode-loop", daemon=True)
+                self._thread.start()
+            self._wake.notify()
         return queue
 
     def cancel(self, request: Request) -> None:
-        self.scheduler.cancel(request)
+        """Stop a request at the next step (a client went away); harmless once it is done."""
+        with self._wake:
+            self._inbox.append(("cancel", request))
+            self._wake.notify()
 
     def close(self) -> None:
-        self.scheduler.close()
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _receive(self, timeout: float | None) -> bool:
+        """On the decode thread: apply what arrived within `timeout`; False once closed."""
+        with self._wake:
+            if not self._inbox and not self._closed and timeout != 0:
+                self._wake.wait(timeout)
+            messages = list(self._inbox)
+            self._inbox.clear()
+            closed = self._closed
+        for kind, request in messages:
+            if kind == "submit":
+                self.loop.add(id(request), request)
+            else:
+                self._deliver(self.loop.cancel(id(request)))
+        return not closed
+
+    def _deliver(self, events: list) -> None:
+        for key, item in events:
+            last = isinstance(item, (Finished, BaseException))
+            send = self._senders.pop(key, None) if last else self._senders.get(key)
+            if send is not None:
+                send(item)
 
 
 class ProcessEngine:
@@ -182,7 +226,7 @@ class ProcessEngine:
 
     def _on_readable(self) -> None:
         """Deliver every message waiting on the pipe: one per decode step, each a list of
-        (key, token id | None for END | error message)."""
+        (key, token id | Finished | error message)."""
         try:
             while self._conn.poll():
                 for key, item in self._conn.recv():
@@ -193,7 +237,7 @@ class ProcessEngine:
                         queue.put_nowait(item)
                         continue
                     self._forget(key)
-                    queue.put_nowait(END if item is None else DecodeError(item))
+                    queue.put_nowait(item if isinstance(item, Finished) else DecodeError(item))
         except (EOFError, OSError):
             self._on_child_exit()
 
@@ -251,7 +295,7 @@ def run_decode_process(conn: Connection, model: WikiMiniModel, eos_id: int | Non
 
     def emit(events: list) -> None:
         if events:
-            conn.send([(key, item if isinstance(item, int) else None if item is END else f"{type(item).__name__}: {item}")
+            conn.send([(key, item if isinstance(item, (int, Finished)) else f"{type(item).__name__}: {item}")
                        for key, item in events])
 
     def receive(timeout: float | None) -> bool:

@@ -2,23 +2,29 @@
 
 `DecodeLoop` holds the state: requests are added under a key; `admit` prefills what fits and
 `step` decodes one token per row, each returning (key, item) events, where an item is a token
-id, END once the request has left the batch, or an exception if decoding failed.
+id, `Finished(reason)` once the request has left the batch, or an exception if decoding failed.
 
-`run_decode_loop` drives it, the same whether it runs on a thread (`BatchScheduler`) or in a
-process of its own (`src/server/engines.py`); only how requests arrive and events leave differs.
+`run_decode_loop` drives it, the same whether it runs on a thread or in a process of its own
+(`src/server/engines.py`); only how requests arrive and events leave differs.
 """
 
 from __future__ import annotations
 
-import collections
-import threading
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 from src.generation.batch import DecodeBatch, Request
 from src.model.transformer_block import WikiMiniModel
 
-END = object()
+
+@dataclass(frozen=True)
+class Finished:
+    """A request's last item: it left the batch, for `reason` ("eos", "length" or "cancelled")."""
+
+    reason: str
+
+
 Event = tuple[Hashable, object]
 BURST_QUIET_S = 0.001  # after an admission, keep admitting while requests arrive this often...
 BURST_WINDOW_S = 0.015  # ...for at most this long before the next decode step
@@ -43,7 +49,7 @@ class DecodeLoop:
         self.arrivals += 1
 
     def cancel(self, key: Hashable) -> list[Event]:
-        """Stop a request: at once if it is still waiting (its END is returned), else at the next step."""
+        """Stop a request: at once if it is still waiting (its Finished is returned), else at the next step."""
         request = self.by_key.get(key)
         if request is None:
             return []
@@ -53,7 +59,7 @@ class DecodeLoop:
                 del self.pending[index]
                 del self.by_key[key]
                 request.finish_reason = "cancelled"
-                return [(key, END)]
+                return [(key, Finished("cancelled"))]
         return []
 
     def admit(self) -> list[Event]:
@@ -83,7 +89,7 @@ class DecodeLoop:
         for request in [r for r in self.keys if r not in still_running]:
             key = self.keys.pop(request)
             self.by_key.pop(key, None)
-            events.append((key, END))
+            events.append((key, Finished(request.finish_reason or "cancelled")))
         return events
 
 
@@ -114,68 +120,3 @@ def run_decode_loop(loop: DecodeLoop, receive: Callable[[float | None], bool],
                     break
         if loop.batch.requests:
             emit(loop.step())
-
-
-Callback = Callable[[object], None]
-
-
-class BatchScheduler:
-    """Runs the decode loop on a thread of this process. `submit` hands over a request and a
-    callback, which receives the request's items on the decode thread."""
-
-    def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int) -> None:
-        self.loop = DecodeLoop(model, eos_id, slots)
-        self.batch = self.loop.batch
-        self._callbacks: dict[int, Callback] = {}
-        self._inbox: collections.deque[tuple] = collections.deque()
-        self._wake = threading.Condition()
-        self._closed = False
-        self._thread: threading.Thread | None = None
-
-    def submit(self, request: Request, callback: Callback) -> None:
-        with self._wake:
-            if self._closed:
-                raise RuntimeError("the decode loop has been shut down")
-            self._callbacks[id(request)] = callback
-            self._inbox.append(("submit", request))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="decode-loop", daemon=True)
-                self._thread.start()
-            self._wake.notify()
-
-    def cancel(self, request: Request) -> None:
-        """Stop a request at the next step (a client went away); harmless once it is done."""
-        with self._wake:
-            self._inbox.append(("cancel", request))
-            self._wake.notify()
-
-    def close(self) -> None:
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        run_decode_loop(self.loop, self._receive, self._deliver)
-
-    def _receive(self, timeout: float | None) -> bool:
-        with self._wake:
-            if not self._inbox and not self._closed and timeout != 0:
-                self._wake.wait(timeout)
-            messages = list(self._inbox)
-            self._inbox.clear()
-            closed = self._closed
-        for kind, request in messages:
-            if kind == "submit":
-                self.loop.add(id(request), request)
-            else:
-                self._deliver(self.loop.cancel(id(request)))
-        return not closed
-
-    def _deliver(self, events: list[Event]) -> None:
-        for key, item in events:
-            done = item is END or isinstance(item, BaseException)
-            callback = self._callbacks.pop(key, None) if done else self._callbacks.get(key)
-            if callback is not None:
-                callback(item)

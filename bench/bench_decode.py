@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Batch-1 decoding: `generate.py`'s default path against llama.cpp, same weights, equal threads.
+
+For each model (the bundled demo model; the 24.5M reference shapes with random weights and the
+10K tokenizer) and each thread count, one run measures:
+
+- ours: the Generator exactly as `generate.py` builds it with no flag (`load_for_inference`,
+  precision auto, the default decode path), greedy, --new-tokens tokens, EOS ignored;
+- llama.cpp (llama-cpp-python): our GGUF export (`convert_hf.py gguf`, q8_0 and f32), the same
+  prompt, a greedy loop of `Llama.eval` calls from Python, like ours;
+- llama-bench: llama.cpp's own text-generation figure (`-p 0 -n N`, C++ only), when the binary
+  is on PATH or given with --llama-bench.
+
+Each figure is the best of --repeats runs after one warm-up, as tokens/s over the whole call
+(prompt included). Columns whose engine is absent say why. Prints a Markdown table and JSON.
+
+    python bench/bench_decode.py                      # demo + reference, 1 and 2 threads
+    python bench/bench_decode.py --models demo --threads 1 --new-tokens 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.data.tokenizer import load_tokenizer  # noqa: E402
+from src.device import cpu_name  # noqa: E402
+from src.generation import Generator, SamplingParams  # noqa: E402
+from src.model import ModelConfig, WikiMiniModel  # noqa: E402
+from src.model.checkpoint import DEMO_CHECKPOINT, load_for_inference, save_checkpoint  # noqa: E402
+from src.model.gguf_export import export_gguf  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "Once upon a time there was a little girl named Lily. She"
+GGUF_TYPES = ("q8_0", "f32")
+
+
+def reference_checkpoint(work: Path) -> Path:
+    """The seed's reference shapes (24.5M) with random weights: speed does not depend on training."""
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(REPO_ROOT / "tokenizer" / "tinystories20k_10k")
+    config = ModelConfig(vocab_size=tokenizer.get_vocab_size())
+    return save_checkpoint(work / "reference.pth", WikiMiniModel(config).eval(), tokenizer)
+
+
+def best_rate(run, repeats: int) -> float:
+    """Tokens/s of the fastest of `repeats` runs, after one warm-up run."""
+    run()
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tokens = run()
+        best = max(best, tokens / (time.perf_counter() - start))
+    return best
+
+
+def ours(checkpoint: Path, threads: int, new_tokens: int, repeats: int) -> tuple[float, str]:
+    torch.set_num_threads(threads)
+    loaded = load_for_inference(checkpoint, announce=False)
+    generator = Generator.from_loaded(loaded)
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=new_tokens, stop_at_eos=False)
+    return best_rate(lambda: len(generator.generate(PROMPT, params).token_ids), repeats), loaded.precision
+
+
+def llama_cpp_rate(gguf: Path, threads: int, new_tokens: int, repeats: int, prompt_ids: list[int]) -> float:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=new_tokens + len(prompt_ids) + 8, n_threads=threads,
+                          n_threads_batch=threads, verbose=False, seed=0)
+
+    def run() -> int:
+        llm.reset()
+        llm.eval(prompt_ids)
+        for _ in range(new_tokens):
+            llm.eval([int(llm.scores[llm.n_tokens - 1].argmax())])
+        return new_tokens
+
+    return best_rate(run, repeats)
+
+
+def llama_bench_rate(binary: str, gguf: Path, threads: int, new_tokens: int, repeats: int) -> float:
+    out = subprocess.run([binary, "-m", str(gguf), "-p", "0", "-n", str(new_tokens), "-t", str(threads),
+                          "-r", str(repeats), "-o", "json"], capture_output=True, text=True, check=True).stdout
+    return float(json.loads(out)[0]["avg_ts"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=("demo", "reference"), default=["demo", "reference"])
+    parser.add_argument("--checkpoint", default=str(DEMO_CHECKPOINT), help="the 'demo' model (default: bundled)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--new-tokens", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--llama-bench", default=shutil.which("llama-bench"), help="llama-bench binary")
+    args = parser.parse_args()
+
+    try:
+        import llama_cpp  # noqa: F401
+        llama_cpp_missing = None
+    except ImportError:
+        llama_cpp_missing = "llama_cpp not importable (pip install llama-cpp-python)"
+    llama_bench_missing = None if args.llama_bench else "llama-bench not on PATH (build llama.cpp, or --llama-bench)"
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in args.models:
+            checkpoint = Path(args.checkpoint) if name == "demo" else reference_checkpoint(work)
+            ggufs = {kind: export_gguf(checkpoint, work / f"{name}-{kind}.gguf", kind) for kind in GGUF_TYPES}
+            loaded = load_for_inference(checkpoint, precision="fp32", announce=False)
+            generator = Generator.from_loaded(loaded)
+            prompt_ids = generator.story_prefix + generator.encode_prompt(PROMPT)
+            for threads in args.threads:
+                row = {"model": name, "params": loaded.model.num_parameters(), "threads": threads}
+                row["ours"], row["ours_precision"] = ours(checkpoint, threads, args.new_tokens, args.repeats)
+                for kind in GGUF_TYPES:
+                    if llama_cpp_missing is None:
+                        row[f"llama_cpp_{kind}"] = llama_cpp_rate(ggufs[kind], threads, args.new_tokens, args.repeats,
+                                                                  prompt_ids)
+                    if llama_bench_missing is None:
+                        row[f"llama_bench_{kind}"] = llama_bench_rate(args.llama_bench, ggufs[kind], threads,
+                                                                      args.new_tokens, args.repeats)
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+
+    print(f"\nBatch-1 greedy decoding, {args.new_tokens} new tokens, best of {args.repeats}; "
+          f"{cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}\n")
+    for reason in filter(None, (llama_cpp_missing, llama_bench_missing)):
+        print(f"skipped: {reason}")
+    columns = [("ours", "ours tok/s")]
+    for kind in GGUF_TYPES:
+        columns += [(f"llama_cpp_{kind}", f"llama-cpp-python {kind}"), (f"llama_bench_{kind}", f"llama-bench {kind}")]
+    columns = [(key, title) for key, title in columns if any(key in r for r in rows)]
+    ratio_keys = [key for key, _ in columns if key != "ours"]
+    header = ["model", "params", "threads", "ours precision"] + [t for _, t in columns] + [f"ours / {t}" for k, t in columns if k in ratio_keys]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        cells = [r["model"], f"{r['params'] / 1e6:.2f}M", str(r["threads"]), r["ours_precision"]]
+        cells += [f"{r[key]:,.0f}" for key, _ in columns]
+        cells += [f"{r['ours'] / r[key]:.2f}x" for key in ratio_keys]
+        print("| " + " | ".join(cells) + " |")
+    print("\n" + json.dumps({"new_tokens": args.new_tokens, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
