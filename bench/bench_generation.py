@@ -36,7 +36,7 @@ from src.model.quantize import quantize_int8  # noqa: E402
 PROMPT = "Once upon a time there was a little girl named Lily. She"
 CONFIGS = {
     "reference": ModelConfig(),
-    "demo": ModelConfig(vocab_size=4096, d_model=256, n_layers=6, n_heads=8, d_ffn=768, max_seq_len=256),
+    "demo": ModelConfig(vocab_size=4096, d_model=192, n_layers=4, n_heads=6, d_ffn=512, max_seq_len=256),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
 

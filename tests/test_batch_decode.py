@@ -243,3 +243,15 @@ def test_prefix_cache_full_of_entries_restores_one_while_storing_another(generat
     while batch.requests:
         batch.step()
     assert [r.generated for r in requests] == [list(generator.iter_token_ids(p, params, 0)) for p in (prompts[0], prompts[4])]
+
+
+def test_a_decode_step_that_cannot_compile_falls_back_to_eager_with_a_warning(generator, monkeypatch):
+    def cannot_compile(*args, **kwargs):
+        raise RuntimeError("C++ compiler not found")
+
+    monkeypatch.setattr(torch, "compile", lambda function, **options: cannot_compile)
+    compiled = Generator(generator.model, generator.tokenizer, compile_decode=True)
+    params = SamplingParams(temperature=0.8, max_new_tokens=12, stop_at_eos=False, seed=3)
+    with pytest.warns(RuntimeWarning, match="decoding eagerly: RuntimeError: C\\+\\+ compiler not found"):
+        fallback = compiled.generate(PROMPTS[0], params)
+    assert fallback.token_ids == generator.generate(PROMPTS[0], params).token_ids

@@ -12,12 +12,13 @@ The CLI's single story is a batch of one, so there is one decoding loop for both
 from __future__ import annotations
 
 import collections
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from src.generation.presets import SamplingParams
-from src.generation.sampling import RowSettings, sample_tokens, sampling_distribution
+from src.generation.sampling import RowSettings, draw, sample_tokens, sampling_distribution
 from src.model.kv_cache import KVCache
 from src.model.transformer_block import WikiMiniModel
 
@@ -109,14 +110,13 @@ class DecodeBatch:
         self.requests: list[Request] = []  # row i decodes requests[i]
         self._settings: RowSettings | None = None
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
-        # With compile_decode, a lone row decodes through a torch.compile'd forward over fixed
-        # shapes (its position a tensor, attention over the whole capacity, masked): one
-        # compiled kernel per fused group of small ops instead of hundreds of eager ops per
-        # token, traced once per story. The prefill and batched steps stay eager.
+        # With compile_decode, a lone row decodes through one torch.compile'd graph: the forward
+        # pass over fixed shapes (its position a tensor, attention over the whole capacity,
+        # masked) and the sampling distribution. One compiled kernel per fused group of small ops
+        # instead of hundreds of eager ops per token, traced once per story settings. The
+        # prefill and batched steps stay eager.
         self._position = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-        self._compiled_forward = torch.compile(model, fullgraph=True, dynamic=False) if compile_decode else None
-        self._compiled_distribution = (torch.compile(sampling_distribution, fullgraph=True, dynamic=False)
-                                       if compile_decode else sampling_distribution)
+        self._compiled_step = torch.compile(self._fixed_shape_step, fullgraph=True, dynamic=False) if compile_decode else None
 
     @property
     def free_slots(self) -> int:
@@ -219,19 +219,34 @@ class DecodeBatch:
             self._settings = RowSettings.of([r.params for r in self.requests], self.device)
         n = len(self.requests)
         ids = torch.tensor([[r.next_input] for r in self.requests], dtype=torch.long, device=self.device)
-        if n == 1 and self._compiled_forward is not None:
-            self._position.fill_(self.lengths[0])
-            logits = self._compiled_forward(ids, kv_cache=self.cache, input_pos=self._position,
-                                            key_span=self.cache.capacity)[:, -1]
-            distribution = self._compiled_distribution
-        else:
+        generators = [r.rng for r in self.requests]
+        distribution = self._compiled_single_row(ids) if n == 1 and self._compiled_step is not None else None
+        if distribution is None:
             positions = torch.tensor(self.lengths[:n], device=self.device)[:, None]
             logits = self.model(ids, kv_cache=self.cache, input_pos=positions)[:, -1]
-            distribution = sampling_distribution
+            distribution = sampling_distribution(logits, self._settings, self.seen[:n])
         for row in range(n):
             self.lengths[row] += 1
-        tokens = sample_tokens(logits, self._settings, [r.rng for r in self.requests], self.seen[:n], distribution)
+        tokens = draw(distribution, self._settings, generators)
         return self._record(list(self.requests), 0, tokens)
+
+    def _compiled_single_row(self, ids: torch.Tensor):
+        """The compiled step for row 0, or None (and eager from then on) if it cannot compile:
+        no C++ compiler, an op inductor does not support here."""
+        self._position.fill_(self.lengths[0])
+        try:
+            return self._compiled_step(ids, self._position, self._settings, self.seen[:1])
+        except Exception as exc:  # noqa: BLE001 - any compile failure: decode eagerly instead
+            warnings.warn(f"the compiled decode step is unavailable, decoding eagerly: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}", RuntimeWarning, stacklevel=2)
+            self._compiled_step = None
+            return None
+
+    def _fixed_shape_step(self, ids: torch.Tensor, position: torch.Tensor, settings: RowSettings, seen: torch.Tensor):
+        """Row 0's forward pass at `position` over the cache's whole capacity, then its sampling
+        distribution: every shape is the same at every position, so it compiles once."""
+        logits = self.model(ids, kv_cache=self.cache, input_pos=position, key_span=self.cache.capacity)[:, -1]
+        return sampling_distribution(logits, settings, seen)
 
     def _record(self, requests: list[Request], start: int, tokens: torch.Tensor) -> list[tuple[Request, int]]:
         """Note each row's new token (penalty mask, finish), drop finished rows, return the

@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights: auto (GPU bf16; CPU with native bf16: int8 weights + bf16 activations; "
                    "else fp32), fp32, bf16 or int8 (CPU only)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step: 1.4-2.8x the tokens/s with int8 weights on CPU (measured) "
-                   "after a one-off compile of 5-20 s (cached on disk); worth it for many or long samples")
+                   help="torch.compile the decode step: faster tokens after a one-off compile (cached on "
+                   "disk); worth it for many or long samples (README: Performance)")
     p.add_argument("--no-postprocess", "--no_postprocess", dest="postprocess", action="store_false",
                    help="print the raw model output (no whitespace/capital/punctuation clean-up)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated (raw text)")

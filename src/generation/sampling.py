@@ -85,7 +85,7 @@ def candidates(logits: torch.Tensor, rows: RowSettings) -> tuple[torch.Tensor, t
 def sampling_distribution(logits: torch.Tensor, rows: RowSettings, seen: torch.Tensor | None = None):
     """(penalized float logits (n, V), CDF over each row's candidates (n, C), their token ids).
 
-    Pure tensor work, no random draw: `DecodeBatch(compile_decode=True)` compiles it."""
+    Pure tensor work, no random draw: the compiled decode step compiles it with the forward pass."""
     logits = logits.float()
     if rows.any_penalty and seen is not None:
         logits = apply_repetition_penalty(logits, seen, rows.penalty)
@@ -100,10 +100,15 @@ def sample_tokens(
     rows: RowSettings,
     generators: Sequence[torch.Generator],
     seen: torch.Tensor | None = None,
-    distribution=sampling_distribution,
 ) -> torch.Tensor:
     """Next token ids (n,) from last-position logits (n, V); row i draws from `generators[i]`."""
-    logits, cdf, ids = distribution(logits, rows, seen)
+    return draw(sampling_distribution(logits, rows, seen), rows, generators)
+
+
+def draw(distribution, rows: RowSettings, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Token ids (n,) from a `sampling_distribution` result: argmax for greedy rows, else one
+    uniform number per row from its own generator, looked up in the row's CDF."""
+    logits, cdf, ids = distribution
     if rows.all_greedy:
         return logits.argmax(dim=-1)
     uniforms = torch.cat([torch.rand(1, generator=g) for g in generators]).to(cdf.device)
