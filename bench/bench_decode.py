@@ -5,7 +5,8 @@ For each model (the bundled demo model; the 24.5M reference shapes with random w
 10K tokenizer) and each thread count, one run measures:
 
 - ours: the Generator exactly as `generate.py` builds it with no flag (`load_for_inference`,
-  precision auto, the default decode path), greedy, --new-tokens tokens, EOS ignored;
+  precision auto, the default decode path), greedy, --new-tokens tokens, EOS ignored; then the
+  same with `--compile` (its one-off compile reported as compile_s, not in the rate);
 - llama.cpp (llama-cpp-python): our GGUF export (`convert_hf.py gguf`, q8_0 and f32), the same
   prompt, a greedy loop of `Llama.eval` calls from Python, like ours;
 - llama-bench: llama.cpp's own text-generation figure (`-p 0 -n N`, C++ only), when the binary
@@ -65,12 +66,16 @@ def best_rate(run, repeats: int) -> float:
     return best
 
 
-def ours(checkpoint: Path, threads: int, new_tokens: int, repeats: int) -> tuple[float, str]:
+def ours(checkpoint: Path, threads: int, new_tokens: int, repeats: int, compiled: bool) -> tuple[float, str, float]:
+    """(tokens/s, precision, seconds of the first story: the compile when `compiled`)."""
     torch.set_num_threads(threads)
     loaded = load_for_inference(checkpoint, announce=False)
-    generator = Generator.from_loaded(loaded)
+    generator = Generator.from_loaded(loaded, compile_decode=compiled)
     params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=new_tokens, stop_at_eos=False)
-    return best_rate(lambda: len(generator.generate(PROMPT, params).token_ids), repeats), loaded.precision
+    start = time.perf_counter()
+    generator.generate(PROMPT, params)
+    first_s = time.perf_counter() - start
+    return best_rate(lambda: len(generator.generate(PROMPT, params).token_ids), repeats), loaded.precision, first_s
 
 
 def llama_cpp_rate(gguf: Path, threads: int, new_tokens: int, repeats: int, prompt_ids: list[int]) -> float:
@@ -102,6 +107,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-compile", action="store_true", help="leave out ours with --compile")
     parser.add_argument("--llama-bench", default=shutil.which("llama-bench"), help="llama-bench binary")
     args = parser.parse_args()
 
@@ -123,7 +129,10 @@ def main() -> int:
             prompt_ids = generator.story_prefix + generator.encode_prompt(PROMPT)
             for threads in args.threads:
                 row = {"model": name, "params": loaded.model.num_parameters(), "threads": threads}
-                row["ours"], row["ours_precision"] = ours(checkpoint, threads, args.new_tokens, args.repeats)
+                row["ours"], row["ours_precision"], _ = ours(checkpoint, threads, args.new_tokens, args.repeats, False)
+                if not args.skip_compile:
+                    row["ours_compiled"], _, row["compile_s"] = ours(checkpoint, threads, args.new_tokens,
+                                                                     args.repeats, True)
                 for kind in GGUF_TYPES:
                     if llama_cpp_missing is None:
                         row[f"llama_cpp_{kind}"] = llama_cpp_rate(ggufs[kind], threads, args.new_tokens, args.repeats,
@@ -138,18 +147,21 @@ def main() -> int:
           f"{cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}\n")
     for reason in filter(None, (llama_cpp_missing, llama_bench_missing)):
         print(f"skipped: {reason}")
-    columns = [("ours", "ours tok/s")]
+    columns = [("ours", "ours tok/s"), ("ours_compiled", "ours --compile tok/s")]
     for kind in GGUF_TYPES:
         columns += [(f"llama_cpp_{kind}", f"llama-cpp-python {kind}"), (f"llama_bench_{kind}", f"llama-bench {kind}")]
     columns = [(key, title) for key, title in columns if any(key in r for r in rows)]
-    ratio_keys = [key for key, _ in columns if key != "ours"]
-    header = ["model", "params", "threads", "ours precision"] + [t for _, t in columns] + [f"ours / {t}" for k, t in columns if k in ratio_keys]
+    ratio_keys = [key for key, _ in columns if not key.startswith("ours")]
+    header = (["model", "params", "threads", "ours precision"] + [t for _, t in columns]
+              + [f"ours / {t}" for k, t in columns if k in ratio_keys]
+              + [f"ours --compile / {t}" for k, t in columns if k in ratio_keys and not args.skip_compile])
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         cells = [r["model"], f"{r['params'] / 1e6:.2f}M", str(r["threads"]), r["ours_precision"]]
         cells += [f"{r[key]:,.0f}" for key, _ in columns]
         cells += [f"{r['ours'] / r[key]:.2f}x" for key in ratio_keys]
+        cells += [f"{r['ours_compiled'] / r[key]:.2f}x" for key in ratio_keys if "ours_compiled" in r]
         print("| " + " | ".join(cells) + " |")
     print("\n" + json.dumps({"new_tokens": args.new_tokens, "rows": rows}, indent=1))
     return 0

@@ -192,6 +192,7 @@ def test_a_burst_is_admitted_before_any_decode_step(generator, monkeypatch):
     SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=40, stop_at_eos=False),
     SamplingParams(temperature=1.0, top_k=20, top_p=0.9, repetition_penalty=1.3, max_new_tokens=40, stop_at_eos=False),
 ])
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a step that fell back to eager would prove nothing
 def test_compiled_single_row_decode_equals_eager(tokenizer, params):
     """The compiled step (fixed shapes, position as a tensor, masked full-capacity attention) gives
     the eager engine's tokens exactly in float32, through a context slide (40 tokens, context 32)."""
@@ -247,11 +248,40 @@ def test_prefix_cache_full_of_entries_restores_one_while_storing_another(generat
 
 def test_a_decode_step_that_cannot_compile_falls_back_to_eager_with_a_warning(generator, monkeypatch):
     def cannot_compile(*args, **kwargs):
-        raise RuntimeError("C++ compiler not found")
+        raise torch._dynamo.exc.BackendCompilerFailed(cannot_compile, RuntimeError("C++ compiler not found"), None)
 
     monkeypatch.setattr(torch, "compile", lambda function, **options: cannot_compile)
     compiled = Generator(generator.model, generator.tokenizer, compile_decode=True)
     params = SamplingParams(temperature=0.8, max_new_tokens=12, stop_at_eos=False, seed=3)
-    with pytest.warns(RuntimeWarning, match="decoding eagerly: RuntimeError: C\\+\\+ compiler not found"):
+    with pytest.warns(RuntimeWarning, match="decoding eagerly: BackendCompilerFailed: .*C\\+\\+ compiler not found"):
         fallback = compiled.generate(PROMPTS[0], params)
     assert fallback.token_ids == generator.generate(PROMPTS[0], params).token_ids
+
+
+def test_a_compiled_step_that_fails_at_run_time_is_not_hidden(generator, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(torch, "compile", lambda function, **options: out_of_memory)
+    compiled = Generator(generator.model, generator.tokenizer, compile_decode=True)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        compiled.generate(PROMPTS[0], SamplingParams(max_new_tokens=5, stop_at_eos=False, seed=0))
+
+
+def test_eos_ends_a_story_without_being_emitted(generator):
+    """Greedy decoding with EOS set to the token greedy picks at step k: the story ends there,
+    finish reason "eos", and the EOS is neither emitted nor generated (k = 0: at admission)."""
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=10, stop_at_eos=True)
+    prompt = generator.encode_prompt(PROMPTS[1])
+    free = list(generator.iter_token_ids(prompt, params.replace(stop_at_eos=False), seed=0))
+    for k in (0, 3):
+        eos = free[k]
+        if eos in free[:k]:
+            continue  # the story would have ended at an earlier occurrence
+        batch = DecodeBatch(generator.model, eos, slots=2)
+        request = generator.new_request(prompt, params, seed=0)
+        emitted = batch.admit([request])
+        while batch.requests:
+            emitted += batch.step()
+        assert [token for _, token in emitted] == request.generated == free[:k]
+        assert request.finish_reason == "eos" and not batch.requests

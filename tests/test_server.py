@@ -104,6 +104,24 @@ def test_error_mid_stream_is_reported_then_DONE(client, loaded, monkeypatch):
     assert client.get("/health").json()["active_generations"] == 0
 
 
+def test_error_mid_stream_of_a_streamed_completion_is_an_openai_error_then_DONE(client, loaded, monkeypatch):
+    calls = []
+
+    def fail_at_the_third_step():
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("simulated failure")
+
+    before_each_forward(monkeypatch, loaded.model, fail_at_the_third_step)
+    with client.stream("POST", "/v1/completions", json={"prompt": "Once", "max_tokens": 50, "seed": 1,
+                                                          "stream": True}) as response:
+        events = parse_sse(response.iter_lines())
+    assert events[-1] == "[DONE]"
+    assert events[-2]["error"]["message"] == "RuntimeError: simulated failure"
+    assert all(e["choices"][0]["finish_reason"] is None for e in events[:-2])  # no chunk claimed an end
+    assert client.get("/health").json()["active_generations"] == 0
+
+
 def test_page_is_self_contained_and_inserts_text_safely(client):
     html = client.get("/").text
     assert "<title>TinyStories generator</title>" in html

@@ -30,6 +30,11 @@ def decode_cache_dtype(model: WikiMiniModel) -> torch.dtype:
     return torch.float32 if weight.device.type == "cpu" else weight.dtype
 
 
+# What torch.compile raises when it cannot compile (dynamo, inductor and the C++ compiler's
+# failures all derive from TorchDynamoException), or when settings changed too often.
+COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
+
+
 @dataclass(eq=False)
 class Request:
     """One story being generated. `window_ids` is the context it starts from."""
@@ -232,13 +237,15 @@ class DecodeBatch:
 
     def _compiled_single_row(self, ids: torch.Tensor):
         """The compiled step for row 0, or None (and eager from then on) if it cannot compile:
-        no C++ compiler, an op inductor does not support here."""
+        no C++ compiler, an op inductor does not support here, too many recompiles. Any other
+        error (out of memory, a device assert) is raised: eager decoding would not fix it."""
         self._position.fill_(self.lengths[0])
         try:
             return self._compiled_step(ids, self._position, self._settings, self.seen[:1])
-        except Exception as exc:  # noqa: BLE001 - any compile failure: decode eagerly instead
-            warnings.warn(f"the compiled decode step is unavailable, decoding eagerly: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}", RuntimeWarning, stacklevel=2)
+        except COMPILE_ERRORS as exc:
+            reason = " ".join(str(exc).split())[:300]  # the cause is often on the message's second line
+            warnings.warn(f"the compiled decode step is unavailable, decoding eagerly: {type(exc).__name__}: {reason}",
+                          RuntimeWarning, stacklevel=2)
             self._compiled_step = None
             return None
 

@@ -30,10 +30,12 @@ class GenerationResult:
     prompt_tokens: int
     seconds: float
     time_to_first_token: float
+    ended_at_eos: bool = False  # the model generated EOS (also when a stop sequence cut the text)
 
     @property
     def tokens(self) -> int:
-        return len(self.token_ids) + (1 if self.finish_reason == "eos" else 0)
+        """Tokens the model generated, the EOS that ended the story included."""
+        return len(self.token_ids) + (1 if self.ended_at_eos or self.finish_reason == "eos" else 0)
 
     @property
     def tokens_per_s(self) -> float:
@@ -52,6 +54,7 @@ class StoryText:
         self.text = ""  # decoded so far, whole characters only
         self.emitted = 0  # characters of `text` already returned as deltas
         self.finish_reason: str | None = None
+        self.ended_at_eos = False
         self.start = time.perf_counter()
         self.first_token_at: float | None = None
 
@@ -75,6 +78,7 @@ class StoryText:
             raise ValueError(f"unknown finish reason {reason!r}")
         if self.finish_reason is not None:
             return ""
+        self.ended_at_eos = reason == "eos"
         self.text += self.tokenizer.decode(self.ids[self.decoded_upto:])
         self.decoded_upto = len(self.ids)
         tail = self._release(final=True)
@@ -106,4 +110,5 @@ class StoryText:
             prompt_tokens=self.prompt_tokens,
             seconds=time.perf_counter() - self.start,
             time_to_first_token=self.first_token_at or 0.0,
+            ended_at_eos=self.ended_at_eos,
         )

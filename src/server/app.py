@@ -340,7 +340,7 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
                         else:
                             yield {"data": json.dumps(chunk(item, None), ensure_ascii=False)}
             except Exception as exc:  # noqa: BLE001
-                yield {"data": json.dumps(_error_body(f"{type(exc).__name__}: {exc}", openai=True))}
+                yield {"data": json.dumps(error_body(f"{type(exc).__name__}: {exc}", openai=True))}
             finally:
                 ticket.release()
             yield {"data": "[DONE]"}

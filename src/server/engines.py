@@ -114,11 +114,16 @@ class ThreadEngine:
             self._wake.notify()
 
     def close(self) -> None:
+        """Stop the decode thread; streams still open end with an error, as ProcessEngine's do."""
         with self._wake:
             self._closed = True
             self._wake.notify()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        with self._wake:
+            senders, self._senders = list(self._senders.values()), {}
+        for send in senders:
+            send(DecodeError("the server is shutting down"))
 
     def _receive(self, timeout: float | None) -> bool:
         """On the decode thread: apply what arrived within `timeout`; False once closed."""
