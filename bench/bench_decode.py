@@ -17,6 +17,7 @@ Each figure is the best of --repeats runs after one warm-up, as tokens/s over th
 
     python bench/bench_decode.py                      # demo + reference, 1 and 2 threads
     python bench/bench_decode.py --models demo --threads 1 --new-tokens 200
+    python bench/bench_decode.py --profile             # where a token's time goes (torch profiler)
 """
 
 from __future__ import annotations
@@ -78,6 +79,30 @@ def ours(checkpoint: Path, threads: int, new_tokens: int, repeats: int, compiled
     return best_rate(lambda: len(generator.generate(PROMPT, params).token_ids), repeats), loaded.precision, first_s
 
 
+def profile_default_path(checkpoint: Path, threads: int, new_tokens: int, compiled: bool) -> None:
+    """Print where our decode time goes: the torch profiler over one greedy story, by op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    generator = Generator.from_loaded(load_for_inference(checkpoint, announce=False), compile_decode=compiled)
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=new_tokens, stop_at_eos=False)
+    generator.generate(PROMPT, params)  # warm-up (and compile)
+    start = time.perf_counter()
+    generator.generate(PROMPT, params)
+    wall = time.perf_counter() - start
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        generator.generate(PROMPT, params)
+    events = prof.key_averages()
+    ops = [e for e in events if e.key.startswith("aten::")]
+    total_us = sum(e.self_cpu_time_total for e in events)
+    matmul_us = sum(e.self_cpu_time_total for e in ops if e.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::mv"))
+    calls = sum(e.count for e in ops)
+    print(f"\nProfile of {'ours --compile' if compiled else 'ours (default path)'}, {threads} thread(s), "
+          f"{new_tokens} tokens: {1e3 * wall / new_tokens:.2f} ms/token unprofiled; under the profiler "
+          f"{calls / new_tokens:.0f} aten calls/token, matmuls {100 * matmul_us / max(total_us, 1):.0f}% of self CPU time\n")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def llama_cpp_rate(gguf: Path, threads: int, new_tokens: int, repeats: int, prompt_ids: list[int]) -> float:
     import llama_cpp
 
@@ -108,8 +133,13 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-compile", action="store_true", help="leave out ours with --compile")
+    parser.add_argument("--profile", action="store_true", help="profile our decoding on the demo model and exit")
     parser.add_argument("--llama-bench", default=shutil.which("llama-bench"), help="llama-bench binary")
     args = parser.parse_args()
+    if args.profile:
+        for compiled in (False, True):
+            profile_default_path(Path(args.checkpoint), args.threads[0], args.new_tokens, compiled)
+        return 0
 
     try:
         import llama_cpp  # noqa: F401
