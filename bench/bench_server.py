@@ -187,7 +187,11 @@ def running(command: list[str], url: str, ready_path: str, name: str):
         yield response
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # llama-server can wait on idle keep-alive connections
+            server.kill()
+            server.wait(timeout=10)
 
 
 def measure(port: int, args, api: str) -> list[dict]:
