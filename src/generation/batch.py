@@ -75,11 +75,12 @@ class PrefixCache:
 
     def store(self, window: tuple[int, ...], cache: KVCache, row: int, logits: torch.Tensor) -> None:
         n = len(window)
-        keys, values = cache.keys[:, row, :, :n], cache.values[:, row, :, :n]
-        size = self._size((keys, values, logits))
-        if size > self.max_bytes // 4 or window in self.entries:
+        if window in self.entries:
             return
-        keys, values = keys.clone(), values.clone()
+        keys, values = cache.read(row, n)
+        size = self._size((keys, values, logits))
+        if size > self.max_bytes // 4:
+            return
         while self.used_bytes + size > self.max_bytes:
             self.used_bytes -= self._size(self.entries.popitem(last=False)[1])
         self.entries[window] = (keys, values, logits.clone())
@@ -89,9 +90,7 @@ class PrefixCache:
         """Write the window's keys/values into `row`; return its logits."""
         keys, values, logits = self.entries[window]
         self.entries.move_to_end(window)
-        n = len(window)
-        cache.keys[:, row, :, :n] = keys
-        cache.values[:, row, :, :n] = values
+        cache.write(row, keys, values)
         return logits
 
     @staticmethod
