@@ -204,6 +204,36 @@ def test_compiled_single_row_decode_equals_eager(tokenizer, params):
         assert compiled.generate(prompt, params.replace(seed=seed)).token_ids == expected
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_compiled_batch_decode_equals_eager_as_rows_join_and_leave(tokenizer):
+    """The server's case: a warmed-up compiled step over a batch whose size changes (1, then 3,
+    then fewer as stories end), rows at different positions with different settings, gives
+    the eager batch's tokens exactly in float32."""
+    torch.manual_seed(0)
+    model = WikiMiniModel(tiny_model_config(max_seq_len=32)).eval()
+    generator = Generator(model, tokenizer)
+    settings = [
+        SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=12, stop_at_eos=False),
+        SamplingParams(temperature=1.0, top_k=20, top_p=0.9, max_new_tokens=20, stop_at_eos=False),
+        SamplingParams(temperature=0.8, repetition_penalty=1.3, max_new_tokens=40, stop_at_eos=False),
+    ]
+    outcomes = []
+    for compile_decode in (False, True):
+        batch = DecodeBatch(model, generator.eos_id, slots=4, compile_decode=compile_decode)
+        batch.warm_up()
+        requests = [generator.new_request(generator.encode_prompt(prompt), params, seed=i)
+                    for i, (prompt, params) in enumerate(zip(PROMPTS, settings))]
+        batch.admit(requests[:1])
+        for _ in range(3):
+            batch.step()
+        batch.admit(requests[1:])
+        while batch.requests:
+            batch.step()
+        outcomes.append([(r.generated, r.finish_reason) for r in requests])
+    assert outcomes[0] == outcomes[1]
+    assert [len(generated) for generated, _ in outcomes[0]] == [12, 20, 40]
+
+
 def test_compiled_step_logits_match_eager_with_int8_weights():
     """The compiled fixed-shape step (attention over the whole capacity, masked) against the
     eager step over the written positions, int8 weights, teacher-forced over 6 positions."""

@@ -20,11 +20,13 @@ def test_rows_round_trip_within_half_a_step():
     assert (error <= scales[:, None] / 2 + 1e-7).all()
 
 
+@pytest.mark.parametrize("dense_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("rows", [1, 3, 40])
-def test_int8_linear_equals_matmul_with_the_dequantized_weight(rows):
+def test_int8_linear_equals_matmul_with_the_dequantized_weight(rows, dense_dtype):
     torch.manual_seed(0)
     weight = torch.randn(96, 64) * 0.05
-    layer = Int8Linear(weight)
+    layer = Int8Linear(weight, dense_dtype=dense_dtype)
+    assert layer.weight_dequantized.dtype == dense_dtype
     x = torch.randn(2, rows, 64).bfloat16()
     quantized, scales = quantize_rows(weight)
     reference = F.linear(x.float(), quantized.float() * scales[:, None])
@@ -49,10 +51,21 @@ def test_quantized_model_logits_stay_close_to_fp32():
     assert (quantized.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
 
 
+def test_dense_weights_are_fp32_where_the_cpu_has_no_bf16_matmul(monkeypatch):
+    """Emulated bf16 matmuls are several times slower than fp32: prefill and batches use fp32."""
+    import src.model.quantize as quantize
+
+    for native, expected in ((False, torch.float32), (True, torch.bfloat16)):
+        monkeypatch.setattr(quantize, "native_bf16_cpu", lambda native=native: native)
+        model = quantize_int8(WikiMiniModel(tiny_model_config()).eval())
+        assert model.output.weight_dequantized.dtype == expected
+        assert model.output.scales.dtype == torch.bfloat16  # the int8 kernel's activations
+
+
 def test_auto_precision_and_errors():
     cpu = torch.device("cpu")
     assert inference_precision(cpu, "fp32") == "fp32"
-    assert inference_precision(cpu, "auto") in ("int8", "fp32")
+    assert inference_precision(cpu, "auto") == "int8"
     with pytest.raises(ValueError, match="CPU only"):
         inference_precision(torch.device("cuda"), "int8")
     with pytest.raises(ValueError, match="unknown precision"):

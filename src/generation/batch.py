@@ -114,13 +114,15 @@ class DecodeBatch:
         self.requests: list[Request] = []  # row i decodes requests[i]
         self._settings: RowSettings | None = None
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
-        # With compile_decode, a lone row decodes through one torch.compile'd graph: the forward
-        # pass over fixed shapes (its position a tensor, attention over the whole capacity,
-        # masked) and the sampling distribution. One compiled kernel per fused group of small ops
-        # instead of hundreds of eager ops per token, traced once per story settings. The
-        # prefill and batched steps stay eager.
-        self._position = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-        self._compiled_step = torch.compile(self._fixed_shape_step, fullgraph=True, dynamic=False) if compile_decode else None
+        # With compile_decode, decode steps run the forward pass through torch.compile over fixed
+        # shapes: positions are a tensor and attention reads the cache's whole capacity, masked,
+        # so only the number of rows varies (one graph for a lone row, one for a few, one for
+        # many: the int8 layers switch kernels by rows). A few fused C++ kernels replace hundreds
+        # of eager ops per token; inductor's C++ wrapper also keeps Python out of the step.
+        # Prefill stays eager. Sampling stays eager too: its settings differ per request, and
+        # compiling them in would mean a new graph for each mix of settings.
+        self._compiled_forward = (torch.compile(self._fixed_shape_forward, fullgraph=True,
+                                                options={"cpp_wrapper": True}) if compile_decode else None)
 
     @property
     def free_slots(self) -> int:
@@ -223,36 +225,45 @@ class DecodeBatch:
             self._settings = RowSettings.of([r.params for r in self.requests], self.device)
         n = len(self.requests)
         ids = torch.tensor([[r.next_input] for r in self.requests], dtype=torch.long, device=self.device)
-        generators = [r.rng for r in self.requests]
-        distribution = self._compiled_single_row(ids) if n == 1 and self._compiled_step is not None else None
-        if distribution is None:
-            positions = torch.tensor(self.lengths[:n], device=self.device)[:, None]
+        positions = torch.tensor(self.lengths[:n], device=self.device)[:, None]
+        logits = self._compiled_logits(ids, positions) if self._compiled_forward is not None else None
+        if logits is None:
             logits = self.model(ids, kv_cache=self.cache, input_pos=positions)[:, -1]
-            distribution = sampling_distribution(logits, self._settings, self.seen[:n])
         for row in range(n):
             self.lengths[row] += 1
-        tokens = draw(distribution, self._settings, generators)
+        distribution = sampling_distribution(logits, self._settings, self.seen[:n])
+        tokens = draw(distribution, self._settings, [r.rng for r in self.requests])
         return self._record(list(self.requests), 0, tokens)
 
-    def _compiled_single_row(self, ids: torch.Tensor):
-        """The compiled step for row 0, or None (and eager from then on) if it cannot compile:
+    @torch.inference_mode()
+    def warm_up(self, rows: tuple[int, ...] = (1, 2, 8)) -> None:
+        """Compile the decode step now for these numbers of rows (a server does it before it
+        takes requests, so no client waits for a compile). Writes only at position 0, which a
+        request's prefill overwrites before anything reads it."""
+        if self._compiled_forward is None or self.requests:
+            return
+        for n in sorted({min(r, self.slots) for r in rows}):
+            zeros = torch.zeros(n, 1, dtype=torch.long, device=self.device)
+            if self._compiled_logits(zeros, zeros) is None:
+                return
+
+    def _compiled_logits(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
+        """The compiled step's logits, or None (and eager from then on) if it cannot compile:
         no C++ compiler, an op inductor does not support here, too many recompiles. Any other
         error (out of memory, a device assert) is raised: eager decoding would not fix it."""
-        self._position.fill_(self.lengths[0])
         try:
-            return self._compiled_step(ids, self._position, self._settings, self.seen[:1])
+            return self._compiled_forward(ids, positions)
         except COMPILE_ERRORS as exc:
             reason = " ".join(str(exc).split())[:300]  # the cause is often on the message's second line
             warnings.warn(f"the compiled decode step is unavailable, decoding eagerly: {type(exc).__name__}: {reason}",
-                          RuntimeWarning, stacklevel=2)
-            self._compiled_step = None
+                          RuntimeWarning, stacklevel=3)
+            self._compiled_forward = None
             return None
 
-    def _fixed_shape_step(self, ids: torch.Tensor, position: torch.Tensor, settings: RowSettings, seen: torch.Tensor):
-        """Row 0's forward pass at `position` over the cache's whole capacity, then its sampling
-        distribution: every shape is the same at every position, so it compiles once."""
-        logits = self.model(ids, kv_cache=self.cache, input_pos=position, key_span=self.cache.capacity)[:, -1]
-        return sampling_distribution(logits, settings, seen)
+    def _fixed_shape_forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Last-position logits of rows 0..n-1 at `positions` (n, 1), attending over the cache's
+        whole capacity: the shapes are the same at every position, so it compiles once."""
+        return self.model(ids, kv_cache=self.cache, input_pos=positions, key_span=self.cache.capacity)[:, -1]
 
     def _record(self, requests: list[Request], start: int, tokens: torch.Tensor) -> list[tuple[Request, int]]:
         """Note each row's new token (penalty mask, finish), drop finished rows, return the

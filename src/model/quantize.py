@@ -6,10 +6,11 @@ traffic to a quarter of fp32, and the 24.5M reference model's weights then fit i
 CPU's L3 cache. Activations stay bf16; the matmul is PyTorch's own int8-weight kernel
 (`aten._weight_int8pack_mm`, the one torchao uses for int8 weight-only on CPU).
 
-The int8 kernel is a matrix-vector kernel: past a few rows (prefill, a batch of streams) a bf16
-matmul is faster (measured on this project's 2-core Zen 4: int8 wins up to 4 rows, bf16 from 8).
-So each layer also keeps its dequantized weight in bf16 and picks by the number of rows; both
-paths use the same quantized values.
+The int8 kernel is a matrix-vector kernel: past a few rows (prefill, a batch of streams) a dense
+matmul is faster (int8 wins up to 4 rows, dense from 8, on both CPUs this project measured).
+So each layer also keeps its dequantized weight and picks by the number of rows; both paths use
+the same quantized values. The dense copy is bf16 where the CPU multiplies bf16 natively and
+fp32 elsewhere, where a bf16 matmul is emulated and several times slower than fp32.
 
 Only for inference: the quantized model has no gradients and cannot be saved as a checkpoint.
 """
@@ -19,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from src.device import native_bf16_cpu
 
 INT8_KERNEL_MAX_ROWS = 4  # above this many rows, the bf16 matmul on dequantized weights is faster
 
@@ -34,20 +37,21 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Int8Linear(nn.Module):
     """A bias-free Linear whose weight is int8 with a per-output-row scale."""
 
-    def __init__(self, weight: torch.Tensor, activation_dtype: torch.dtype = torch.bfloat16) -> None:
+    def __init__(self, weight: torch.Tensor, activation_dtype: torch.dtype = torch.bfloat16,
+                 dense_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         quantized, scales = quantize_rows(weight)
         self.in_features = weight.shape[1]
         self.out_features = weight.shape[0]
         self.register_buffer("weight_int8", quantized)
         self.register_buffer("scales", scales.to(activation_dtype))
-        dequantized = (quantized.float() * scales[:, None]).to(activation_dtype)
+        dequantized = (quantized.float() * scales[:, None]).to(dense_dtype or activation_dtype)
         self.register_buffer("weight_dequantized", dequantized, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(self.scales.dtype)
         if flat.shape[0] > INT8_KERNEL_MAX_ROWS:
-            out = F.linear(flat, self.weight_dequantized)
+            out = F.linear(flat.to(self.weight_dequantized.dtype), self.weight_dequantized).to(flat.dtype)
         else:
             out = torch.ops.aten._weight_int8pack_mm(flat.contiguous(), self.weight_int8, self.scales)
         return out.view(*x.shape[:-1], self.out_features)
@@ -65,11 +69,13 @@ def quantize_int8(model: nn.Module, activation_dtype: torch.dtype = torch.bfloat
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("int8 weight-only inference runs on CPU; use bf16 on GPUs")
     model.to(activation_dtype)
+    native = activation_dtype != torch.bfloat16 or native_bf16_cpu()
+    dense_dtype = activation_dtype if native else torch.float32
     linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     for name, linear in linears:
         if linear.bias is not None:
             raise ValueError(f"{name} has a bias; int8 weight-only quantization here expects none")
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Int8Linear(linear.weight, activation_dtype))
+        setattr(parent, child, Int8Linear(linear.weight, activation_dtype, dense_dtype))
     return model.eval().requires_grad_(False)
