@@ -23,14 +23,14 @@ def loaded(tiny_checkpoint):
 ENDLESS = SamplingParams(temperature=1.0, max_new_tokens=100_000, stop_at_eos=False)
 
 
-def started_engine(loaded, slots: int = 2) -> ProcessEngine:
+def started_engine(loaded, slots: int = 2, compile_decode: bool = False) -> ProcessEngine:
     """A decode process for `loaded`; call on the event loop that will read its tokens."""
-    engine = ProcessEngine(loaded.model, loaded.eos_id, slots=slots, threads=1)
+    engine = ProcessEngine(loaded.model, loaded.eos_id, slots=slots, threads=1, compile_decode=compile_decode)
     engine.start()
     return engine
 
 
-async def drain(queue: asyncio.Queue, timeout: float = 30) -> list:
+async def drain(queue: asyncio.Queue, timeout: float = 120) -> list:
     items = []
     while True:
         item = await asyncio.wait_for(queue.get(), timeout)
@@ -39,7 +39,8 @@ async def drain(queue: asyncio.Queue, timeout: float = 30) -> list:
         items.append(item)
 
 
-def test_process_engine_streams_equal_each_request_alone(loaded):
+@pytest.mark.parametrize("compile_decode", [False, True], ids=["eager", "compiled"])
+def test_process_engine_streams_equal_each_request_alone(loaded, compile_decode):
     generator = Generator.from_loaded(loaded)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=25, stop_at_eos=False)
     sampled = SamplingParams(temperature=1.0, top_k=20, top_p=0.9, repetition_penalty=1.2, max_new_tokens=25)
@@ -48,7 +49,7 @@ def test_process_engine_streams_equal_each_request_alone(loaded):
              ("Once upon a time", sampled, 3), ("Lily and Tom", greedy, 4), ("The dog", sampled, 5)]
 
     async def run():
-        engine = started_engine(loaded, slots=4)
+        engine = started_engine(loaded, slots=4, compile_decode=compile_decode)
         try:
             queues = [engine.submit(generator.new_request(generator.encode_prompt(p), params, seed))
                       for p, params, seed in cases]

@@ -94,3 +94,19 @@ def test_checkpoint_path_env_is_used(tiny_checkpoint):
     proc = run_cli("--max-tokens", "4", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["checkpoint"] == str(tiny_checkpoint)
+
+
+def test_compile_auto_only_for_runs_long_enough_to_repay_it(tiny_checkpoint, monkeypatch):
+    from src.generation import cli
+
+    assert cli.build_parser().parse_args([]).compile == "auto"
+    assert cli.build_parser().parse_args(["--compile"]).compile == "on"
+    assert not cli.wants_compile("auto", 200)  # the default single story stays eager: a quick start
+    assert cli.wants_compile("auto", cli.COMPILE_PAYS_OFF_TOKENS)
+    assert cli.wants_compile("on", 1) and not cli.wants_compile("off", 10**6)
+    chosen = []
+    monkeypatch.setattr(cli.Generator, "from_loaded", classmethod(
+        lambda cls, loaded, compile_decode=False: chosen.append(compile_decode) or cls(loaded.model, loaded.tokenizer)))
+    assert cli.main(["--checkpoint", str(tiny_checkpoint), "--max-tokens", "3", "--num-samples", "2"]) == 0
+    assert cli.main(["--checkpoint", str(tiny_checkpoint), "--max-tokens", "3", "--compile", "off"]) == 0
+    assert chosen == [False, False]

@@ -156,7 +156,11 @@ def test_settings_from_env_and_flags():
     defaults = parse_settings([], env={})
     assert (defaults.precision, defaults.access_log, defaults.threads, defaults.max_concurrent) == ("auto", False, None, 32)
     assert defaults.engine == "auto" and parse_settings(["--engine", "process"], env={}).engine == "process"
-    for bad in ({"THREADS": "0"}, {"PRECISION": "int4"}, {"ENGINE": "fork"}):
+    assert defaults.compile_decode and not ServerSettings().compile_decode  # run_ui compiles; the API default does not
+    assert not parse_settings(["--no-compile"], env={}).compile_decode
+    assert not parse_settings([], env={"COMPILE": "0"}).compile_decode
+    assert parse_settings(["--compile"], env={"COMPILE": "0"}).compile_decode
+    for bad in ({"THREADS": "0"}, {"PRECISION": "int4"}, {"ENGINE": "fork"}, {"COMPILE": "maybe"}):
         with pytest.raises(SystemExit):
             parse_settings([], env=bad)
 

@@ -36,17 +36,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for sample 1; sample i uses seed+i-1")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
-                   help="weights: auto (GPU bf16; CPU with native bf16: int8 weights + bf16 activations; "
-                   "else fp32), fp32, bf16 or int8 (CPU only)")
-    p.add_argument("--compile", action="store_true",
+                   help="weights: auto (GPU bf16; CPU int8 weights + bf16 activations), fp32, bf16 or "
+                   "int8 (CPU only)")
+    p.add_argument("--compile", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
                    help="torch.compile the decode step: faster tokens after a one-off compile (cached on "
-                   "disk); worth it for many or long samples (README: Performance)")
+                   f"disk). auto (default): when a prompt asks for at least {COMPILE_PAYS_OFF_TOKENS:,} "
+                   "tokens (samples x max tokens); a bare --compile means on")
     p.add_argument("--no-postprocess", "--no_postprocess", dest="postprocess", action="store_false",
                    help="print the raw model output (no whitespace/capital/punctuation clean-up)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated (raw text)")
     p.add_argument("--json", action="store_true", help="print one JSON document with every sample")
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin until EOF or 'quit'")
     return p
+
+
+# Below this many tokens a compile (a few seconds even from inductor's disk cache) costs more
+# than it saves; README "Performance" has the measured break-even.
+COMPILE_PAYS_OFF_TOKENS = 2000
+
+
+def wants_compile(mode: str, planned_tokens: int) -> bool:
+    """Whether to compile the decode step: asked for, or (auto) a run long enough to repay it."""
+    if mode != "auto":
+        return mode == "on"
+    return planned_tokens >= COMPILE_PAYS_OFF_TOKENS
 
 
 def require_utf8(text: str, what: str) -> str:
@@ -128,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ValueError as exc:  # a device or precision this machine does not have
         parser.error(str(exc))
-    generator = Generator.from_loaded(loaded, compile_decode=args.compile)
+    compile_decode = wants_compile(args.compile, args.num_samples * args.max_tokens)
+    generator = Generator.from_loaded(loaded, compile_decode=compile_decode)
 
     if args.interactive:
         print(f"Model {loaded.name} ({loaded.model.num_parameters():,} params). Empty line or 'quit' to exit.")

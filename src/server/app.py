@@ -79,8 +79,9 @@ def make_engine(loaded: LoadedModel, settings: ServerSettings) -> ProcessEngine 
     process_ok = on_cpu and sys.platform != "win32"
     kind = settings.engine if settings.engine != "auto" else ("process" if process_ok else "thread")
     if kind == "process":
-        return ProcessEngine(loaded.model, loaded.eos_id, settings.max_concurrent, settings.decode_threads(on_cpu))
-    return ThreadEngine(loaded.model, loaded.eos_id, settings.max_concurrent)
+        return ProcessEngine(loaded.model, loaded.eos_id, settings.max_concurrent, settings.decode_threads(on_cpu),
+                             compile_decode=settings.compile_decode)
+    return ThreadEngine(loaded.model, loaded.eos_id, settings.max_concurrent, settings.compile_decode)
 
 
 def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> FastAPI:

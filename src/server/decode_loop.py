@@ -32,8 +32,9 @@ PREFIX_CACHE_BYTES = 32 * 2**20  # recently prefilled prompts kept for reuse (se
 
 
 class DecodeLoop:
-    def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int) -> None:
-        self.batch = DecodeBatch(model, eos_id, slots, prefix_cache_bytes=PREFIX_CACHE_BYTES)
+    def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, compile_decode: bool = False) -> None:
+        self.batch = DecodeBatch(model, eos_id, slots, prefix_cache_bytes=PREFIX_CACHE_BYTES,
+                                 compile_decode=compile_decode)
         self.pending: list[tuple[Hashable, Request]] = []
         self.keys: dict[Request, Hashable] = {}  # requests in the batch
         self.by_key: dict[Hashable, Request] = {}  # requests pending or in the batch
@@ -105,7 +106,11 @@ def run_decode_loop(loop: DecodeLoop, receive: Callable[[float | None], bool],
     request within BURST_QUIET_S), admission continues and the step waits, for up to
     BURST_WINDOW_S: a stream's first token then waits for its own prefill only, not for the
     other streams' decode steps.
+
+    A compiled decode step is compiled first, before any request is read (they wait in the
+    inbox meanwhile), so no stream pays for it in the middle of its story.
     """
+    loop.batch.warm_up()
     while receive(None if loop.idle else 0):
         if loop.pending and loop.batch.free_slots:
             deadline = time.monotonic() + BURST_WINDOW_S

@@ -80,8 +80,8 @@ class ThreadEngine:
 
     name = "thread"
 
-    def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int) -> None:
-        self.loop = DecodeLoop(model, eos_id, slots)
+    def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, compile_decode: bool = False) -> None:
+        self.loop = DecodeLoop(model, eos_id, slots, compile_decode)
         self.relay = ThreadToLoopRelay()
         self.failure: str | None = None
         self._senders: dict[int, object] = {}  # by id(request), until its last item
@@ -91,7 +91,16 @@ class ThreadEngine:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Nothing to start: the decode thread starts with the first request."""
+        """Start the decode thread (which first compiles its step, if asked to); without this
+        call it starts with the first request."""
+        with self._wake:
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(target=run_decode_loop, args=(self.loop, self._receive, self._deliver),
+                                            name="decode-loop", daemon=True)
+            self._thread.start()
 
     def submit(self, request: Request) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue()
@@ -100,10 +109,7 @@ class ThreadEngine:
                 raise DecodeError("the decode loop has been shut down")
             self._senders[id(request)] = self.relay.sender(queue)
             self._inbox.append(("submit", request))
-            if self._thread is None:
-                self._thread = threading.Thread(target=run_decode_loop, args=(self.loop, self._receive, self._deliver),
-                                                name="decode-loop", daemon=True)
-                self._thread.start()
+            self._start_thread()
             self._wake.notify()
         return queue
 
@@ -156,8 +162,8 @@ class ProcessEngine:
     name = "process"
 
     def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, threads: int | None = None,
-                 max_restarts: int = MAX_RESTARTS) -> None:
-        self._child_args = (model, eos_id, slots, threads)
+                 max_restarts: int = MAX_RESTARTS, compile_decode: bool = False) -> None:
+        self._child_args = (model, eos_id, slots, threads, compile_decode)
         self.max_restarts = max_restarts
         self.restart_times: list[float] = []  # when the decode process was restarted after dying
         self._process = None
@@ -287,7 +293,7 @@ class ProcessEngine:
 
 
 def run_decode_process(conn: Connection, model: WikiMiniModel, eos_id: int | None, slots: int,
-                       threads: int | None) -> None:
+                       threads: int | None, compile_decode: bool = False) -> None:
     """The child's main: read submit/cancel messages from the pipe, send each admission's and
     each step's events back as one message."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which then closes us
@@ -295,7 +301,7 @@ def run_decode_process(conn: Connection, model: WikiMiniModel, eos_id: int | Non
         torch.set_num_threads(threads)
     # The model arrives in shared memory; decoding from a private copy measured 1.4x faster per
     # step here (shared-memory pages are not backed by transparent huge pages).
-    loop = DecodeLoop(copy.deepcopy(model), eos_id, slots)
+    loop = DecodeLoop(copy.deepcopy(model), eos_id, slots, compile_decode)
     del model
 
     def emit(events: list) -> None:

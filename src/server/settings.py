@@ -23,6 +23,7 @@ class ServerSettings:
     access_log: bool = False  # uvicorn's per-request log lines
     threads: int | None = None  # CPU threads for decoding; None: all cores but one (the event loop's)
     engine: str = "auto"  # where decoding runs: "process", "thread", or "auto" (see app.make_engine)
+    compile_decode: bool = False  # torch.compile the decode step, warmed up before serving (run_ui.py: on)
 
     def decode_threads(self, on_cpu: bool = True) -> int | None:
         """CPU threads for the decode loop: `threads`, else all cores but the event loop's."""
@@ -53,10 +54,14 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
                         help="env MAX_QUEUE (default 32)")
     parser.add_argument("--threads", type=int, default=None,
                         help="env THREADS: CPU threads for decoding (default: all cores but one, left to "
-                        "the web server; measured 1.1-1.7x the tokens/s of using both cores on 2 cores)")
+                        "the web server)")
     parser.add_argument("--engine", default=env.get("ENGINE", "auto"), choices=ENGINE_CHOICES,
                         help="env ENGINE: decode in a separate process (default on CPU: the event loop keeps "
                         "its own GIL) or on a thread of the server process (default on CUDA and Windows)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="env COMPILE=1/0: torch.compile the decode step and warm it up before serving "
+                        "(default on; the first start compiles for a while, later ones reuse inductor's "
+                        "disk cache)")
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
     args = parser.parse_args(argv)
 
@@ -80,6 +85,12 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
                                   ("ENGINE", args.engine, ENGINE_CHOICES)):
         if value not in choices:  # argparse checks choices on flags only, not on env defaults
             parser.error(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    compile_decode = args.compile
+    if compile_decode is None:
+        raw = env.get("COMPILE", "1").strip().lower()
+        if raw not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            parser.error(f"COMPILE must be 1 or 0, got {raw!r}")
+        compile_decode = raw in ("1", "true", "yes", "on")
     threads = integer(args.threads, "THREADS", None)
     if threads is not None and threads < 1:
         parser.error(f"threads must be >= 1, got {threads}")
@@ -96,5 +107,6 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
         max_queue=max_queue,
         threads=threads,
         engine=args.engine,
+        compile_decode=compile_decode,
         access_log=args.access_log,
     )
