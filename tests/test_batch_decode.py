@@ -206,9 +206,9 @@ def test_compiled_single_row_decode_equals_eager(tokenizer, params):
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_compiled_batch_decode_equals_eager_as_rows_join_and_leave(tokenizer):
-    """The server's case: a warmed-up compiled step over a batch whose size changes (1, then 3,
-    then fewer as stories end), rows at different positions with different settings, gives
-    the eager batch's tokens exactly in float32."""
+    """The server's case: a warmed-up compiled step for a lone row, then eager steps as the batch
+    grows to 3 and shrinks as stories end, then compiled again for the last row (rows at
+    different positions, different settings): the eager batch's tokens exactly, in float32."""
     torch.manual_seed(0)
     model = WikiMiniModel(tiny_model_config(max_seq_len=32)).eval()
     generator = Generator(model, tokenizer)

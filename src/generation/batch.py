@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
+import torch._inductor.config
 
 from src.generation.presets import SamplingParams
 from src.generation.sampling import RowSettings, draw, sample_tokens, sampling_distribution
@@ -114,15 +115,22 @@ class DecodeBatch:
         self.requests: list[Request] = []  # row i decodes requests[i]
         self._settings: RowSettings | None = None
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
-        # With compile_decode, decode steps run the forward pass through torch.compile over fixed
-        # shapes: positions are a tensor and attention reads the cache's whole capacity, masked,
-        # so only the number of rows varies (one graph for a lone row, one for a few, one for
-        # many: the int8 layers switch kernels by rows). A few fused C++ kernels replace hundreds
-        # of eager ops per token; inductor's C++ wrapper also keeps Python out of the step.
-        # Prefill stays eager. Sampling stays eager too: its settings differ per request, and
-        # compiling them in would mean a new graph for each mix of settings.
-        self._compiled_forward = (torch.compile(self._fixed_shape_forward, fullgraph=True,
-                                                options={"cpp_wrapper": True}) if compile_decode else None)
+        # With compile_decode, a lone row's decode step runs the forward pass through
+        # torch.compile over fixed shapes: its position is a tensor and attention reads the
+        # cache's whole capacity, masked, so one graph serves every position. A few fused C++
+        # kernels replace hundreds of eager ops per token, and inductor's C++ wrapper keeps Python
+        # out of the step. Batches of rows stay eager: there the matmuls dominate, and the
+        # full-capacity attention measured slower than eager attention over the written span.
+        # Prefill and sampling stay eager too (sampling settings differ per request; compiling
+        # them in would mean a graph for each mix of settings).
+        self._compiled_forward = None
+        if compile_decode:
+            # Inductor compiles in this process: its pool of compile worker processes, once
+            # started, slowed every later decode step by a third or more on a 2-core machine.
+            # The setting is process-wide, and the pool starts at the first compile.
+            torch._inductor.config.compile_threads = 1
+            self._compiled_forward = torch.compile(self._fixed_shape_forward, fullgraph=True, dynamic=False,
+                                                   options={"cpp_wrapper": True})
 
     @property
     def free_slots(self) -> int:
@@ -226,7 +234,7 @@ class DecodeBatch:
         n = len(self.requests)
         ids = torch.tensor([[r.next_input] for r in self.requests], dtype=torch.long, device=self.device)
         positions = torch.tensor(self.lengths[:n], device=self.device)[:, None]
-        logits = self._compiled_logits(ids, positions) if self._compiled_forward is not None else None
+        logits = self._compiled_logits(ids, positions) if n == 1 and self._compiled_forward is not None else None
         if logits is None:
             logits = self.model(ids, kv_cache=self.cache, input_pos=positions)[:, -1]
         for row in range(n):
@@ -236,16 +244,14 @@ class DecodeBatch:
         return self._record(list(self.requests), 0, tokens)
 
     @torch.inference_mode()
-    def warm_up(self, rows: tuple[int, ...] = (1, 2, 8)) -> None:
-        """Compile the decode step now for these numbers of rows (a server does it before it
-        takes requests, so no client waits for a compile). Writes only at position 0, which a
-        request's prefill overwrites before anything reads it."""
-        if self._compiled_forward is None or self.requests:
-            return
-        for n in sorted({min(r, self.slots) for r in rows}):
-            zeros = torch.zeros(n, 1, dtype=torch.long, device=self.device)
-            if self._compiled_logits(zeros, zeros) is None:
-                return
+    def warm_up(self) -> None:
+        """Compile the decode step now (a server does it before it takes requests, so no client
+        waits for a compile). Writes only at position 0 of row 0, which a request's prefill
+        overwrites before anything reads it."""
+        if self._compiled_forward is not None and not self.requests:
+            # two tensors, as a step passes: one tensor as both would compile an aliased graph
+            ids, positions = (torch.zeros(1, 1, dtype=torch.long, device=self.device) for _ in range(2))
+            self._compiled_logits(ids, positions)
 
     def _compiled_logits(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
         """The compiled step's logits, or None (and eager from then on) if it cannot compile:
@@ -261,8 +267,8 @@ class DecodeBatch:
             return None
 
     def _fixed_shape_forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Last-position logits of rows 0..n-1 at `positions` (n, 1), attending over the cache's
-        whole capacity: the shapes are the same at every position, so it compiles once."""
+        """Row 0's last-position logits at `positions` (1, 1), attending over the cache's whole
+        capacity: the shapes are the same at every position, so it compiles once."""
         return self.model(ids, kv_cache=self.cache, input_pos=positions, key_span=self.cache.capacity)[:, -1]
 
     def _record(self, requests: list[Request], start: int, tokens: torch.Tensor) -> list[tuple[Request, int]]:
