@@ -16,6 +16,11 @@ from src.model.checkpoint import CheckpointError, load_for_inference
 DEFAULT_PROMPT = "Once upon a time"
 
 
+# Below this many tokens a compile (a few seconds even from inductor's disk cache) costs more
+# than it saves; README "Performance" has the measured break-even.
+COMPILE_PAYS_OFF_TOKENS = 2000
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="generate.py",
@@ -48,11 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document with every sample")
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin until EOF or 'quit'")
     return p
-
-
-# Below this many tokens a compile (a few seconds even from inductor's disk cache) costs more
-# than it saves; README "Performance" has the measured break-even.
-COMPILE_PAYS_OFF_TOKENS = 2000
 
 
 def wants_compile(mode: str, planned_tokens: int) -> bool:

@@ -23,7 +23,7 @@ from torch import nn
 
 from src.device import native_bf16_cpu
 
-INT8_KERNEL_MAX_ROWS = 4  # above this many rows, the bf16 matmul on dequantized weights is faster
+INT8_KERNEL_MAX_ROWS = 4  # above this many rows, the dense matmul on dequantized weights is faster
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
