@@ -23,6 +23,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,20 @@ from src.data.tokenizer import TokenizerError, eos_token_id, tokenizer_sha256
 CACHE_FORMAT_VERSION = 2  # 2: the sidecar records the tokens' sha256
 DEFAULT_CACHE_DIR = "data/cache"
 STORIES_PER_CHUNK = 2048  # stories per encode_batch call: big enough to keep all cores busy
+CHUNK_CHARS = 1 << 22  # ...and at most this much text per call, so memory stays bounded
+
+
+def chunks(stories: Iterator[str], max_stories: int, max_chars: int = CHUNK_CHARS) -> Iterator[list[str]]:
+    """Lists of consecutive stories, each list at most `max_stories` long and about `max_chars` big."""
+    chunk, chars = [], 0
+    for story in stories:
+        chunk.append(story)
+        chars += len(story)
+        if len(chunk) >= max_stories or chars >= max_chars:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
 
 logger = logging.getLogger(__name__)
 
@@ -168,9 +183,8 @@ def build_token_cache(
         desc=f"tokenizing {source.describe()}",
         disable=not show_progress,
     )
-    stories = source.stories()
     with progress, atomic_output(bin_path) as tmp, open(tmp, "wb") as out:
-        while chunk := list(itertools.islice(stories, stories_per_chunk)):
+        for chunk in chunks(source.stories(), stories_per_chunk):
             encodings = encode(chunk, add_special_tokens=False)
             if story_start_id is None:
                 story_ids = itertools.chain.from_iterable((e.ids, (eos,)) for e in encodings)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,8 +36,37 @@ _HF_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
+# A "story" longer than this (a TinyStories story is ~1,000 characters; a model's context ~2,000)
+# means the separators are missing: it is passed on in pieces of about this size, with a warning,
+# so reading and tokenizing stay in bounded memory whatever the text.
+MAX_STORY_CHARS = 1 << 16
+
+
 class DataSourceError(ValueError):
     """A text source is missing, unreadable, malformed or empty; the message says which."""
+
+
+class DataSourceWarning(UserWarning):
+    """A source was read, but not the way its author likely meant (e.g. missing separators)."""
+
+
+def warn_long_story(where: str) -> None:
+    """Say (once per source) that a story was too long to be one, and is read in pieces."""
+    warnings.warn(f"{where}: a story runs past {MAX_STORY_CHARS:,} characters, far longer than a model's "
+                  f"context; it is read in pieces of that size (are the {EOS_TOKEN} separators missing?)",
+                  DataSourceWarning, stacklevel=3)
+
+
+def split_long_story(story: str, limit: int = MAX_STORY_CHARS) -> list[str]:
+    """`story` in pieces of at most `limit` characters, cut at whitespace where there is some."""
+    pieces = []
+    while len(story) > limit:
+        cut = story.rfind(" ", limit // 2, limit)
+        cut = limit if cut < 0 else cut + 1
+        pieces.append(story[:cut])
+        story = story[cut:]
+    pieces.append(story)
+    return pieces
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,15 +74,23 @@ class DataSourceError(ValueError):
 
 
 def _read_txt(file: Path) -> Iterator[str]:
-    """The TinyStories .txt format: story lines, then a line `<|endoftext|>`; read line by line."""
+    """The TinyStories .txt format: story lines, then a line `<|endoftext|>`. Read a line at a
+    time, and a line longer than MAX_STORY_CHARS in pieces, so memory stays bounded."""
     lines: list[str] = []
+    size = 0
     with _open_text(file) as f:
-        for line in _decoded_lines(f, file):
+        while line := _read_line(f, file, MAX_STORY_CHARS):
             if line.strip() == EOS_TOKEN:
                 yield "".join(lines)
-                lines = []
-            else:
-                lines.append(line)
+                lines, size = [], 0
+                continue
+            lines.append(line)
+            size += len(line)
+            if size > MAX_STORY_CHARS:  # no separator in sight: hand on whole pieces, keep the rest
+                warn_long_story(str(file))
+                *pieces, rest = split_long_story("".join(lines))
+                yield from pieces
+                lines, size = [rest], len(rest)
     if lines:  # a last story without its closing separator still counts
         yield "".join(lines)
 
@@ -160,6 +198,13 @@ def _stat(file: Path) -> os.stat_result:
         return file.stat()
     except OSError as exc:
         raise DataSourceError(f"cannot read {file}: {exc.strerror or exc}") from None
+
+
+def _read_line(f: TextIO, file: Path, limit: int) -> str:
+    try:
+        return f.readline(limit)
+    except UnicodeDecodeError as exc:
+        raise DataSourceError(f"{file} is not valid UTF-8 ({exc.reason} at byte {exc.start} of a block)") from None
 
 
 def _decoded_lines(f: TextIO, file: Path) -> Iterator[str]:
@@ -275,7 +320,7 @@ class TextSource:
         count = 0
         for part in self.parts:
             found = 0
-            for raw in part.raw_stories():
+            for raw in self._bounded(part):
                 story = raw.strip()
                 if not story:
                     continue
@@ -290,6 +335,16 @@ class TextSource:
                 raise DataSourceError(f"{part.describe()} holds no stories (empty, or only separators)")
         if count == 0 and self.keep != "all":
             raise DataSourceError(f"{self.describe()}: the hash split left no stories")
+
+    @staticmethod
+    def _bounded(part: SourcePart) -> Iterator[str]:
+        """The part's raw stories, each at most MAX_STORY_CHARS long."""
+        for raw in part.raw_stories():
+            if len(raw) <= MAX_STORY_CHARS:
+                yield raw
+            else:
+                warn_long_story(part.describe())
+                yield from split_long_story(raw)
 
     def split_by_hash(self, held_out_fraction: float) -> tuple[TextSource, TextSource]:
         """(train, held_out) views of this source: a stable split by a hash of each story's text."""

@@ -176,17 +176,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"checkpoint path is a directory, expected a .pth file: {path}")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if not magic.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip (or, long ago, a pickle)
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (neither a zip nor a pickle file)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if re.search(r"unsupported global|GLOBAL .* blocked", str(exc), re.IGNORECASE):
             raise CheckpointError(
                 f"refusing to load {path}: it contains arbitrary Python objects, and checkpoints "
                 "are only ever loaded with weights_only=True"
             ) from None
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({exc})") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt pickle data)") from None
     except Exception as exc:  # zip/pickle format errors, truncated files
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+        reason = " ".join(str(exc).split())[:120]
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {reason})") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} is not a WikiMiniModel checkpoint (top level is {type(checkpoint).__name__})")
     missing = [k for k in ("config", "model_state_dict") if k not in checkpoint]
@@ -273,8 +278,8 @@ def load_model(
     model = WikiMiniModel(config)
     try:
         model.load_state_dict(checkpoint["model_state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the model config: {exc}") from None
+    except RuntimeError:
+        raise CheckpointError(f"{path}: weights do not match the model config: {state_mismatch(model, checkpoint['model_state_dict'])}") from None
     if precision is not None:
         dtype = torch.bfloat16 if precision == "int8" else DTYPES[precision]  # int8: bf16 activations
     model.to(device=device, dtype=dtype or torch.float32).eval()
@@ -291,6 +296,19 @@ def load_model(
         story_start_id=story_start_id,
         run_config=dict(checkpoint.get("config") or {}),
     )
+
+
+def state_mismatch(model: torch.nn.Module, state_dict: Mapping[str, Any]) -> str:
+    """One line on how a state dict differs from a model's: missing, unexpected or misshapen keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshapen = [k for k in expected if k in state_dict and getattr(state_dict[k], "shape", None) != expected[k].shape]
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
+        if keys:
+            parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+    return "; ".join(parts) or "a tensor could not be copied"
 
 
 def checkpoint_story_start_id(checkpoint: Mapping[str, Any], tokenizer: Tokenizer, path: Path) -> int | None:

@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from src.config_utils import ConfigError, dataclass_from_dict
+
+# Upper bounds on each size: far past any model this toolkit trains or imports, and low enough
+# that a typo (max_seq_len=1000000000) is refused before a table or weight is allocated.
+SIZE_LIMITS = {"vocab_size": 2**20, "d_model": 16_384, "n_layers": 256, "n_heads": 256, "multiple_of": 4096,
+               "max_seq_len": 131_072, "d_ffn": 65_536}
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's RAM, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 @dataclass
@@ -31,6 +49,10 @@ class ModelConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        for name, limit in SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise ConfigError(f"model.{name} is {value:,}; the limit is {limit:,}")
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
@@ -49,6 +71,30 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             raise ConfigError("model.rope_theta and model.norm_eps must be positive")
+
+        self.check_fits_memory()
+
+    def num_weights(self) -> int:
+        """Parameters of a WikiMiniModel of this shape (a tied output head counts once)."""
+        attention = self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.kv_heads)
+        feed_forward = 3 * self.d_model * self.ffn_dim
+        per_layer = attention + feed_forward + 2 * self.d_model
+        heads = 1 if self.tie_embeddings else 2
+        return heads * self.vocab_size * self.d_model + self.n_layers * per_layer + self.d_model
+
+    def float32_bytes(self) -> int:
+        """What building the model allocates: float32 weights and the two RoPE tables."""
+        return 4 * (self.num_weights() + 2 * self.max_seq_len * self.head_dim)
+
+    def check_fits_memory(self, memory: int | None = None) -> None:
+        """Refuse a shape whose float32 weights alone would not fit in this machine's RAM."""
+        memory = physical_memory_bytes() if memory is None else memory
+        needed = self.float32_bytes()
+        if memory is not None and needed > memory:
+            raise ConfigError(
+                f"model of {self.num_weights():,} parameters needs {format_bytes(needed)} for its float32 "
+                f"weights; this machine has {format_bytes(memory)} (model.vocab_size={self.vocab_size}, "
+                f"model.d_model={self.d_model}, model.n_layers={self.n_layers})")
 
     @property
     def head_dim(self) -> int:

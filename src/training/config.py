@@ -23,10 +23,11 @@ from typing import Any
 import yaml
 
 from src.config_utils import ConfigError, dataclass_from_dict
-from src.model.config import ModelConfig
+from src.model.config import ModelConfig, format_bytes, physical_memory_bytes
 from src.training.schedule import SHAPES
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+MAX_BATCH = 65_536  # windows per micro-batch, or micro-batches per step
 
 
 @dataclass
@@ -79,6 +80,9 @@ class TrainingConfig:
         for name in ("max_steps", "eval_batches", "eval_batch_size", "early_stopping_patience"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"training.{name} must be at least 1 (or null), got {getattr(self, name)}")
+        for name in ("batch_size", "eval_batch_size", "grad_accum_steps"):
+            if (getattr(self, name) or 0) > MAX_BATCH:
+                raise ConfigError(f"training.{name} is {getattr(self, name):,}; the limit is {MAX_BATCH:,}")
         if self.epochs <= 0:
             raise ConfigError(f"training.epochs must be positive, got {self.epochs}")
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
@@ -168,10 +172,21 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
+        self.check_batch_fits_memory()
         if self.scheduler.min_lr > self.optimizer.lr:
             raise ConfigError(
                 f"scheduler.min_lr ({self.scheduler.min_lr}) must not exceed optimizer.lr ({self.optimizer.lr})"
             )
+
+    def check_batch_fits_memory(self, memory: int | None = None) -> None:
+        """Refuse a micro-batch whose float32 logits and their gradient alone exceed this machine's RAM."""
+        memory = physical_memory_bytes() if memory is None else memory
+        rows = max(self.training.batch_size, self.training.eval_batch_size or 0)
+        needed = 2 * 4 * rows * self.model.max_seq_len * self.model.vocab_size
+        if memory is not None and needed > memory:
+            raise ConfigError(
+                f"training.batch_size={rows:,} windows of model.max_seq_len={self.model.max_seq_len:,} tokens need "
+                f"{format_bytes(needed)} for their logits alone; this machine has {format_bytes(memory)}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from src.config_utils import ConfigError
+from src.data.atomic_files import remove_stale_temps
 from src.data.tokenizer import EOS_TOKEN, load_tokenizer, tokenizer_sha256
 from src.model.checkpoint import CheckpointError, checkpoint_tokenizer, load_checkpoint, save_checkpoint
 from src.model.config import ModelConfig
@@ -218,6 +219,9 @@ class Trainer:
         self.loss_steps = 0
         self.early_stopping = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta)
         self.best = BestCheckpoints(self.output_dir, cfg.keep_best)
+        if info.is_main:
+            for stale in remove_stale_temps(self.output_dir):
+                self.log(f"removed {stale.name}, a partial save left by a process that was killed")
         self.rank_state = RankState(self)
         torch.manual_seed(cfg.seed + info.rank)  # dropout masks differ between ranks
         if resume_path is not None:
