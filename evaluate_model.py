@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"'none' skips the held-out part (default: {DEFAULT_VALIDATION_SOURCE})")
     p.add_argument("--skip-perplexity", action="store_true", help="same as --data none")
     p.add_argument("--max-windows", type=int, help="score only the first N context windows of the held-out text")
+    p.add_argument("--per-story", action="store_true",
+                   help="score each story on its own after the story-start token, as lm-evaluation-harness's "
+                   "loglikelihood_rolling does (default: every context window of the concatenated text)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help=f"token cache folder (default {DEFAULT_CACHE_DIR})")
     p.add_argument("--prompts", help="file with one prompt per line (default: the seed's five prompts)")
@@ -55,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data=None if skip else args.data,
         cache_dir=args.cache_dir,
         max_windows=args.max_windows,
+        per_story=args.per_story,
         batch_size=args.batch_size,
         prompts_file=args.prompts,
         preset=args.preset,

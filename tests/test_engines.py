@@ -87,6 +87,17 @@ def test_cancel_stops_the_decode_process_mid_story(loaded):
     assert short[-1] == Finished("length") and len(short) == 5
 
 
+def wait_for_health(client, timeout: float = 60) -> dict:
+    """/health's body once it answers 200; every answer before that is a 503 saying "loading"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get("/health")
+        if response.status_code == 200 or time.monotonic() > deadline:
+            return response.json()
+        assert response.status_code == 503 and response.json()["status"] == "loading"
+        time.sleep(0.05)
+
+
 def test_a_dead_decode_process_fails_its_streams_and_is_restarted_within_a_limit(loaded):
     app = create_app(loaded, ServerSettings(engine="process"))
     with TestClient(app) as client:
@@ -102,7 +113,7 @@ def test_a_dead_decode_process_fails_its_streams_and_is_restarted_within_a_limit
 
         items = client.portal.call(kill_mid_stream)
         assert isinstance(items[-1], DecodeError) and "exited" in str(items[-1]) and "restarted" in str(items[-1])
-        health = client.get("/health").json()
+        health = wait_for_health(client)
         assert health["status"] == "ok" and health["engine_restarts"] == 1
         response = client.post("/generate", json={"prompt": "Once upon a time", "max_tokens": 5})
         assert response.status_code == 200 and '"done": true' in response.text  # the new process serves
@@ -110,8 +121,9 @@ def test_a_dead_decode_process_fails_its_streams_and_is_restarted_within_a_limit
         engine.max_restarts = 1  # the limit is reached at the next death: no more restarts
         items = client.portal.call(kill_mid_stream)
         assert isinstance(items[-1], DecodeError) and "not restarted" in str(items[-1])
-        health = client.get("/health").json()
-        assert health["status"] == "error" and "exited" in health["error"]
+        response = client.get("/health")
+        assert response.status_code == 503 and response.headers["retry-after"]
+        assert response.json()["status"] == "error" and "exited" in response.json()["error"]
         response = client.post("/generate", json={"prompt": "Once upon a time"})
         assert response.status_code == 503 and "generation is unavailable" in response.json()["error"]
 

@@ -136,7 +136,7 @@ def test_openai_non_streaming_and_unsupported_fields(client):
     data = response.json()
     assert data["object"] == "text_completion" and data["choices"][0]["finish_reason"] in ("stop", "length")
     assert data["usage"]["completion_tokens"] <= 8
-    for bad in ({"logit_bias": {"1": 2}}, {"n": 2}, {"echo": True}, {"presence_penalty": 0.5}, {"suffix": "x"}):
+    for bad in ({"logit_bias": {"1": 2}}, {"n": 2}, {"echo": 1}, {"presence_penalty": 0.5}, {"suffix": "x"}):
         bad_response = client.post("/v1/completions", json={"prompt": "Once", **bad})
         assert bad_response.status_code == 400, bad
         assert "message" in bad_response.json()["error"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from src.data.cache import DEFAULT_CACHE_DIR
 from src.evaluation.errors import EvaluationError
-from src.evaluation.heldout import DEFAULT_VALIDATION_SOURCE, evaluate_heldout
+from src.evaluation.heldout import DEFAULT_VALIDATION_SOURCE, evaluate_heldout, evaluate_stories
 from src.evaluation.prompts import load_prompts
 from src.evaluation.report import generation_lines, heldout_lines, write_json
 from src.evaluation.runner import load_for_evaluation, run_cli
@@ -24,6 +24,7 @@ class EvaluateOptions:
     data: str | None = DEFAULT_VALIDATION_SOURCE  # None skips the held-out part
     cache_dir: str = DEFAULT_CACHE_DIR
     max_windows: int | None = None  # None scores every window
+    per_story: bool = False  # score each story on its own after the story-start token (lm-eval's rolling)
     batch_size: int = 8
     prompts_file: str | None = None  # None: the seed's five prompts
     preset: str = DEFAULT_PRESET
@@ -53,7 +54,10 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     started = time.perf_counter()
 
     heldout = None
-    if options.data is not None:
+    if options.data is not None and options.per_story:
+        heldout = evaluate_stories(loaded.model, loaded.tokenizer, options.data, loaded.story_start_id)
+        print("\n".join(heldout_lines(heldout)))
+    elif options.data is not None:
         heldout = evaluate_heldout(
             loaded.model, loaded.tokenizer, options.data, options.cache_dir, options.max_windows, options.batch_size,
             story_start_id=loaded.story_start_id,

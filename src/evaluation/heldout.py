@@ -30,6 +30,7 @@ from src.data.batches import IGNORE_INDEX, bits_per_byte, validation_batches
 from src.data.cache import DEFAULT_CACHE_DIR, load_or_build_token_cache
 from src.data.sources import open_source
 from src.data.tokenizer import eos_token_id
+from src.generation.scoring import score_tokens
 from src.model.transformer_block import WikiMiniModel
 
 DEFAULT_VALIDATION_SOURCE = "roneneldan/TinyStories:validation"
@@ -136,4 +137,36 @@ def evaluate_heldout(
         n_bytes=text_bytes(tokenizer, tokens) if capped else cache.n_bytes,
         total_nats=total_nats,
         capped=capped,
+    )
+
+
+def evaluate_stories(
+    model: WikiMiniModel,
+    tokenizer: Tokenizer,
+    source: str = DEFAULT_VALIDATION_SOURCE,
+    story_start_id: int | None = None,
+    max_stories: int | None = None,
+) -> HeldOutResult:
+    """Score each story on its own, after the story-start token: the nats of its tokens (no end
+    token is predicted) over its UTF-8 bytes. This is lm-evaluation-harness's
+    `loglikelihood_rolling` conditioning (with max_length = context + 1): a story longer than the
+    context is scored in windows of context - 1 predicted tokens, each after the one token before it.
+    """
+    seq_len = model.config.max_seq_len
+    prefix = [] if story_start_id is None else [story_start_id]
+    windows, n_bytes, stories = [], 0, 0
+    for story in open_source(source, split="validation").head(max_stories).stories():
+        sequence = prefix + tokenizer.encode(story, add_special_tokens=False).ids
+        n_bytes += len(story.encode("utf-8"))
+        stories += 1
+        windows += [sequence[start:start + seq_len] for start in range(0, len(sequence) - 1, seq_len - 1)]
+    scores = score_tokens(model, windows)
+    return HeldOutResult(
+        source=f"{source} (each story on its own)",
+        seq_len=seq_len,
+        windows=len(windows),
+        predicted_tokens=sum(len(s.logprobs) for s in scores),
+        n_bytes=n_bytes,
+        total_nats=-sum(sum(s.logprobs) for s in scores),
+        capped=max_stories is not None,
     )

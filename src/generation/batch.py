@@ -12,7 +12,9 @@ The CLI's single story is a batch of one, so there is one decoding loop for both
 from __future__ import annotations
 
 import collections
+import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -123,7 +125,8 @@ class DecodeBatch:
         # full-capacity attention measured slower than eager attention over the written span.
         # Prefill and sampling stay eager too (sampling settings differ per request; compiling
         # them in would mean a graph for each mix of settings).
-        self._compiled_forward = None
+        self._compiled_forward = None  # what `step` calls for a lone row; None: eager
+        self.compile_state = "eager"  # "eager" (not asked for), "compiling" (in the background), "ready", "failed"
         if compile_decode:
             # Inductor compiles in this process: its pool of compile worker processes, once
             # started, slowed every later decode step by a third or more on a 2-core machine.
@@ -131,6 +134,7 @@ class DecodeBatch:
             torch._inductor.config.compile_threads = 1
             self._compiled_forward = torch.compile(self._fixed_shape_forward, fullgraph=True, dynamic=False,
                                                    options={"cpp_wrapper": True})
+            self.compile_state = "ready"  # compiles at its first call (or `warm_up`)
 
     @property
     def free_slots(self) -> int:
@@ -234,7 +238,7 @@ class DecodeBatch:
         n = len(self.requests)
         ids = torch.tensor([[r.next_input] for r in self.requests], dtype=torch.long, device=self.device)
         positions = torch.tensor(self.lengths[:n], device=self.device)[:, None]
-        logits = self._compiled_logits(ids, positions) if n == 1 and self._compiled_forward is not None else None
+        logits = self._compiled_logits(ids, positions, self.cache) if n == 1 and self._compiled_forward is not None else None
         if logits is None:
             logits = self.model(ids, kv_cache=self.cache, input_pos=positions)[:, -1]
         for row in range(n):
@@ -245,31 +249,64 @@ class DecodeBatch:
 
     @torch.inference_mode()
     def warm_up(self) -> None:
-        """Compile the decode step now (a server does it before it takes requests, so no client
-        waits for a compile). Writes only at position 0 of row 0, which a request's prefill
-        overwrites before anything reads it."""
+        """Compile the decode step now, before any request is admitted. Writes only at position
+        0 of row 0, which a request's prefill overwrites before anything reads it."""
         if self._compiled_forward is not None and not self.requests:
             # two tensors, as a step passes: one tensor as both would compile an aliased graph
             ids, positions = (torch.zeros(1, 1, dtype=torch.long, device=self.device) for _ in range(2))
-            self._compiled_logits(ids, positions)
+            self._compiled_logits(ids, positions, self.cache)
 
-    def _compiled_logits(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
+    def compile_in_background(self) -> threading.Thread | None:
+        """Decode eagerly at once, and switch to the compiled step when a thread has compiled it.
+
+        The thread warms the step up on a scratch cache of the same shapes (the live cache is
+        in use), so the graph it compiles is the one `step` then calls with the live cache.
+        `compile_state` says "ready" or "failed" when it is done. The switch is one attribute
+        assignment, seen by the next step."""
+        compiled, self._compiled_forward = self._compiled_forward, None  # eager until it is ready
+        if compiled is None:
+            return None
+        self.compile_state = "compiling"
+        thread = threading.Thread(target=self._compile_thread, args=(compiled,), name="compile-decode-step",
+                                  daemon=True)
+        thread.start()
+        return thread
+
+    def _compile_thread(self, compiled: Callable) -> None:
+        # made outside inference mode, like the live cache: a guard tells the two kinds apart
+        scratch = self.model.new_kv_cache(rows=self.slots, dtype=self.cache.keys[0].dtype)
+        with torch.inference_mode():
+            ids, positions = (torch.zeros(1, 1, dtype=torch.long, device=self.device) for _ in range(2))
+            try:
+                compiled(ids, positions, scratch)
+            except Exception as exc:  # noqa: BLE001 - whatever the cause, eager decoding goes on
+                self._warn_compile_failed(exc)
+                self.compile_state = "failed"
+            else:
+                self._compiled_forward, self.compile_state = compiled, "ready"
+
+    def _compiled_logits(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
         """The compiled step's logits, or None (and eager from then on) if it cannot compile:
         no C++ compiler, an op inductor does not support here, too many recompiles. Any other
         error (out of memory, a device assert) is raised: eager decoding would not fix it."""
         try:
-            return self._compiled_forward(ids, positions)
+            return self._compiled_forward(ids, positions, cache)
         except COMPILE_ERRORS as exc:
-            reason = " ".join(str(exc).split())[:300]  # the cause is often on the message's second line
-            warnings.warn(f"the compiled decode step is unavailable, decoding eagerly: {type(exc).__name__}: {reason}",
-                          RuntimeWarning, stacklevel=3)
+            self._warn_compile_failed(exc)
             self._compiled_forward = None
+            self.compile_state = "failed"
             return None
 
-    def _fixed_shape_forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _warn_compile_failed(exc: BaseException) -> None:
+        reason = " ".join(str(exc).split())[:300]  # the cause is often on the message's second line
+        warnings.warn(f"the compiled decode step is unavailable, decoding eagerly: {type(exc).__name__}: {reason}",
+                      RuntimeWarning, stacklevel=3)
+
+    def _fixed_shape_forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Row 0's last-position logits at `positions` (1, 1), attending over the cache's whole
         capacity: the shapes are the same at every position, so it compiles once."""
-        return self.model(ids, kv_cache=self.cache, input_pos=positions, key_span=self.cache.capacity)[:, -1]
+        return self.model(ids, kv_cache=cache, input_pos=positions, key_span=cache.capacity)[:, -1]
 
     def _record(self, requests: list[Request], start: int, tokens: torch.Tensor) -> list[tuple[Request, int]]:
         """Note each row's new token (penalty mask, finish), drop finished rows, return the

@@ -28,6 +28,7 @@ class Finished:
 Event = tuple[Hashable, object]
 BURST_QUIET_S = 0.001  # after an admission, keep admitting while requests arrive this often...
 BURST_WINDOW_S = 0.015  # ...for at most this long before the next decode step
+COMPILE_POLL_S = 0.5  # while idle and compiling, how often to look whether the compile is done
 PREFIX_CACHE_BYTES = 32 * 2**20  # recently prefilled prompts kept for reuse (see PrefixCache)
 
 
@@ -95,33 +96,42 @@ class DecodeLoop:
 
 
 def run_decode_loop(loop: DecodeLoop, receive: Callable[[float | None], bool],
-                    emit: Callable[[list[Event]], None]) -> None:
+                    emit: Callable[[list[Event]], None], report: Callable[[str], None] | None = None) -> None:
     """Admit and decode until `receive` reports the loop closed.
 
     `receive(timeout)` applies the requests and cancellations that arrive within `timeout`
     seconds (None: wait for one) to `loop` and returns False once the loop should stop; `emit`
-    sends a list of events on.
+    sends a list of events on; `report(decode_step)` is told the decode step's state ("eager",
+    "compiling", "ready" or "failed") when the loop starts and whenever it changes.
 
     New requests are admitted before the next step. While a burst keeps arriving (another
     request within BURST_QUIET_S), admission continues and the step waits, for up to
     BURST_WINDOW_S: a stream's first token then waits for its own prefill only, not for the
     other streams' decode steps.
 
-    A compiled decode step is compiled first, before any request is read (they wait in the
-    inbox meanwhile), so no stream pays for it in the middle of its story.
+    A compiled decode step is compiled on a thread of its own while this loop decodes eagerly,
+    so the first request never waits for a compile.
     """
-    loop.batch.warm_up()
-    while receive(None if loop.idle else 0):
-        if loop.pending and loop.batch.free_slots:
+    batch = loop.batch
+    batch.compile_in_background()
+    reported = None
+    while True:
+        if report is not None and batch.compile_state != reported:
+            reported = batch.compile_state
+            report(reported)
+        waiting_for_compile = batch.compile_state == "compiling"
+        if not receive((COMPILE_POLL_S if waiting_for_compile else None) if loop.idle else 0):
+            return
+        if loop.pending and batch.free_slots:
             deadline = time.monotonic() + BURST_WINDOW_S
             while True:
                 emit(loop.admit())
                 arrived = loop.arrivals
-                if time.monotonic() >= deadline or not loop.batch.free_slots:
+                if time.monotonic() >= deadline or not batch.free_slots:
                     break
                 if not receive(BURST_QUIET_S):
                     return
                 if loop.arrivals == arrived:
                     break
-        if loop.batch.requests:
+        if batch.requests:
             emit(loop.step())

@@ -34,14 +34,21 @@ from src.server.decode_loop import DecodeLoop, Finished, run_decode_loop
 from src.model.transformer_block import WikiMiniModel
 
 ENGINE_CHOICES = ("auto", "process", "thread")
-MAX_RESTARTS = 3  # decode-process deaths survived in RESTART_WINDOW_S before the server gives up
+MAX_RESTARTS = 3  # decode-process restarts within RESTART_WINDOW_S; the next death stops generation
 RESTART_WINDOW_S = 600.0
+STEP_TIMEOUT_S = 30.0  # a decode worker with work that sends nothing for this long is hung: killed, restarted
+START_TIMEOUT_S = 120.0  # ...and one that has not come up this long after it was started
 
 log = logging.getLogger("uvicorn.error")
 
 
 class DecodeError(RuntimeError):
     """Decoding failed in the decode process (the message names the original exception)."""
+
+
+class EngineUnavailable(DecodeError):
+    """The decode worker died, hung, is restarting or the server is shutting down: nothing was
+    wrong with the request, and the same request can be retried shortly (HTTP 503)."""
 
 
 class ThreadToLoopRelay:
@@ -84,6 +91,7 @@ class ThreadEngine:
         self.loop = DecodeLoop(model, eos_id, slots, compile_decode)
         self.relay = ThreadToLoopRelay()
         self.failure: str | None = None
+        self.restart_times: list[float] = []  # a thread is never restarted; here for /health's sake
         self._senders: dict[int, object] = {}  # by id(request), until its last item
         self._inbox: collections.deque[tuple[str, Request]] = collections.deque()
         self._wake = threading.Condition()
@@ -102,11 +110,19 @@ class ThreadEngine:
                                             name="decode-loop", daemon=True)
             self._thread.start()
 
+    @property
+    def ready(self) -> bool:
+        return True  # the loop is built with the engine; requests wait in the inbox meanwhile
+
+    @property
+    def decode_step(self) -> str:
+        return self.loop.batch.compile_state
+
     def submit(self, request: Request) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue()
         with self._wake:
             if self._closed:
-                raise DecodeError("the decode loop has been shut down")
+                raise EngineUnavailable("the server is shutting down")
             self._senders[id(request)] = self.relay.sender(queue)
             self._inbox.append(("submit", request))
             self._start_thread()
@@ -119,17 +135,21 @@ class ThreadEngine:
             self._inbox.append(("cancel", request))
             self._wake.notify()
 
-    def close(self) -> None:
-        """Stop the decode thread; streams still open end with an error, as ProcessEngine's do."""
+    def end_streams(self, message: str) -> None:
+        """End every open stream now with EngineUnavailable(message) (the server is stopping)."""
         with self._wake:
             self._closed = True
+            senders, self._senders = list(self._senders.values()), {}
+            self._inbox.append(("cancel_all", None))
             self._wake.notify()
+        for send in senders:
+            send(EngineUnavailable(message))
+
+    def close(self) -> None:
+        """Stop the decode thread; streams still open end with an error, as ProcessEngine's do."""
+        self.end_streams("the server is shutting down")
         if self._thread is not None:
             self._thread.join(timeout=5)
-        with self._wake:
-            senders, self._senders = list(self._senders.values()), {}
-        for send in senders:
-            send(DecodeError("the server is shutting down"))
 
     def _receive(self, timeout: float | None) -> bool:
         """On the decode thread: apply what arrived within `timeout`; False once closed."""
@@ -142,8 +162,11 @@ class ThreadEngine:
         for kind, request in messages:
             if kind == "submit":
                 self.loop.add(id(request), request)
-            else:
+            elif kind == "cancel":
                 self._deliver(self.loop.cancel(id(request)))
+            else:
+                for key in list(self.loop.by_key):
+                    self.loop.cancel(key)
         return not closed
 
     def _deliver(self, events: list) -> None:
@@ -157,29 +180,44 @@ class ThreadEngine:
 class ProcessEngine:
     """Runs the DecodeLoop in a child process (spawned: safe with PyTorch's thread pools and
     CUDA). The model's tensors reach the child through shared memory, without pickling their
-    data; the child then decodes from its own copy (see run_decode_process)."""
+    data; the child then decodes from its own copy (see run_decode_process).
+
+    A child that dies (its pipe closes) or hangs (has work but sends nothing for
+    `step_timeout_s`; it is then killed) fails its in-flight streams with EngineUnavailable and
+    is restarted, up to `max_restarts` times within RESTART_WINDOW_S; the next death leaves the
+    engine failed (`failure` says why, /health answers 503).
+    """
 
     name = "process"
 
     def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, threads: int | None = None,
-                 max_restarts: int = MAX_RESTARTS, compile_decode: bool = False) -> None:
+                 max_restarts: int = MAX_RESTARTS, compile_decode: bool = False,
+                 step_timeout_s: float = STEP_TIMEOUT_S) -> None:
         self._child_args = (model, eos_id, slots, threads, compile_decode)
         self.max_restarts = max_restarts
+        self.step_timeout_s = step_timeout_s
         self.restart_times: list[float] = []  # when the decode process was restarted after dying
+        self.ready = False  # the child has built its decode loop and reads requests
+        self.decode_step = "compiling" if compile_decode else "eager"
         self._process = None
         self._conn: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchdog: asyncio.Task | None = None
+        self._last_progress = 0.0  # monotonic time of the child's last message, or of the first request
         self._queues: dict[int, asyncio.Queue] = {}  # by key, while the request is decoding
         self._keys: dict[Request, int] = {}
         self._requests: dict[int, Request] = {}
         self._next_key = itertools.count()
-        self.failure: str | None = None  # set once the decode process is gone
+        self._closing = False
+        self.failure: str | None = None  # set once the decode process is gone for good
 
     def start(self) -> None:
         """Spawn the decode process (once); call on the event loop that will read its tokens."""
         if self._process is not None:
             return
         self.failure = None  # a restart after close()
+        self._closing = False
+        self.ready = False
         context = torch.multiprocessing.get_context("spawn")
         parent_end, child_end = context.Pipe()
         self._process = context.Process(target=run_decode_process, args=(child_end, *self._child_args),
@@ -187,13 +225,20 @@ class ProcessEngine:
         self._process.start()
         child_end.close()
         self._conn = parent_end
+        self._last_progress = time.monotonic()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(parent_end.fileno(), self._on_readable)
+        if self._watchdog is None:
+            self._watchdog = self._loop.create_task(self._watch())
 
     def submit(self, request: Request) -> asyncio.Queue:
+        if self._closing:
+            raise EngineUnavailable("the server is shutting down")
         if self.failure is not None:
-            raise DecodeError(self.failure)
+            raise EngineUnavailable(self.failure)
         self.start()
+        if not self._queues:
+            self._last_progress = time.monotonic()  # the watchdog's clock starts with the work
         key = next(self._next_key)
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[key] = queue
@@ -211,7 +256,23 @@ class ProcessEngine:
             except DecodeError:
                 pass  # _send has already failed every open stream
 
+    def end_streams(self, message: str) -> None:
+        """End every open stream now with EngineUnavailable(message), and refuse new ones (the
+        server is stopping); the child drops their rows."""
+        self._closing = True
+        for key in list(self._queues):
+            self._queues[key].put_nowait(EngineUnavailable(message))
+            if self.failure is None and self._conn is not None:
+                try:
+                    self._conn.send(("cancel", key))
+                except OSError:
+                    pass
+            self._forget(key)
+
     def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._process is None:
             return
         alive = self.failure is None
@@ -224,6 +285,9 @@ class ProcessEngine:
         self._process.join(timeout=5)
         if self._process.is_alive():
             self._process.terminate()
+            self._process.join(timeout=2)
+        if self._process.is_alive():  # stopped or hung: SIGTERM waits, SIGKILL does not
+            self._process.kill()
             self._process.join(timeout=5)
         self._conn.close()
         self._process = self._conn = None
@@ -233,14 +297,19 @@ class ProcessEngine:
             self._conn.send(message)
         except OSError as exc:
             self._on_child_exit()
-            raise DecodeError(f"the decode process is gone ({exc})") from None
+            raise EngineUnavailable(f"the decode process is gone ({exc})") from None
 
     def _on_readable(self) -> None:
         """Deliver every message waiting on the pipe: one per decode step, each a list of
-        (key, token id | Finished | error message)."""
+        (key, token id | Finished | error message), or ("state", decode step) from the child."""
         try:
             while self._conn.poll():
-                for key, item in self._conn.recv():
+                message = self._conn.recv()
+                self._last_progress = time.monotonic()
+                if isinstance(message, tuple):  # ("state", decode_step): the child is up
+                    self.ready, self.decode_step = True, message[1]
+                    continue
+                for key, item in message:
                     queue = self._queues.get(key)
                     if queue is None:
                         continue
@@ -252,18 +321,30 @@ class ProcessEngine:
         except (EOFError, OSError):
             self._on_child_exit()
 
-    def _on_child_exit(self) -> None:
+    async def _watch(self) -> None:
+        """Kill a child that has work but has sent nothing for step_timeout_s (stopped, deadlocked,
+        swapping), or START_TIMEOUT_S while it starts; _on_child_exit then fails its streams and
+        restarts it."""
+        while True:
+            await asyncio.sleep(min(1.0, self.step_timeout_s / 4))
+            silent = time.monotonic() - self._last_progress
+            limit = self.step_timeout_s if self.ready else max(self.step_timeout_s, START_TIMEOUT_S)
+            if self._process is not None and self.failure is None and self._queues and silent > limit:
+                log.error("the decode process has had work but sent nothing for %.0f s; killing it", silent)
+                self._process.kill()
+                self._on_child_exit(f"the decode process stopped responding (nothing for {silent:.0f} s) and was killed")
+
+    def _on_child_exit(self, message: str | None = None) -> None:
         """Fail the streams it was decoding, then start a new decode process, within a limit."""
         self._process.join(timeout=1)
-        code = self._process.exitcode
+        message = message or f"the decode process exited (exit code {self._process.exitcode})"
         in_flight = len(self._queues)
-        message = f"the decode process exited (exit code {code})"
         now = time.monotonic()
         self.restart_times = [t for t in self.restart_times if now - t < RESTART_WINDOW_S]
         if len(self.restart_times) >= self.max_restarts:
-            self._fail(f"{message}; not restarted: it died {len(self.restart_times) + 1} times in "
+            self._fail(f"{message}; not restarted: it failed {len(self.restart_times) + 1} times in "
                        f"{RESTART_WINDOW_S:.0f} s")
-            log.error("%s; %d in-flight request(s) failed; not restarting (%d deaths in %.0f s)",
+            log.error("%s; %d in-flight request(s) failed; not restarting (%d failures in %.0f s)",
                       message, in_flight, len(self.restart_times) + 1, RESTART_WINDOW_S)
             return
         self._fail(f"{message} while decoding this request; the server restarted it, retry the request")
@@ -283,10 +364,11 @@ class ProcessEngine:
     def _fail(self, message: str) -> None:
         if self.failure is None:
             self.failure = message
+        self.ready = False
         if self._loop is not None and self._conn is not None:
             self._loop.remove_reader(self._conn.fileno())
         for queue in self._queues.values():
-            queue.put_nowait(DecodeError(message))
+            queue.put_nowait(EngineUnavailable(message))
         self._queues.clear()
         self._keys.clear()
         self._requests.clear()
@@ -309,6 +391,9 @@ def run_decode_process(conn: Connection, model: WikiMiniModel, eos_id: int | Non
             conn.send([(key, item if isinstance(item, (int, Finished)) else f"{type(item).__name__}: {item}")
                        for key, item in events])
 
+    def report(decode_step: str) -> None:
+        conn.send(("state", decode_step))
+
     def receive(timeout: float | None) -> bool:
         if not conn.poll(timeout):
             return True
@@ -325,6 +410,6 @@ def run_decode_process(conn: Connection, model: WikiMiniModel, eos_id: int | Non
                 return True
 
     try:
-        run_decode_loop(loop, receive, emit)
+        run_decode_loop(loop, receive, emit, report)
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the server went away

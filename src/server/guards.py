@@ -1,4 +1,5 @@
-"""What stands between a client and the model: body size limit and error replies.
+"""What stands between a client and the model: body size limit, Host check, read timeout, and
+error replies.
 
 The size limit is ASGI middleware, so an oversized body is refused from its Content-Length
 before a byte of it is read (or, for a chunked body, as soon as the count passes the limit),
@@ -24,9 +25,11 @@ class SafeJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def error_body(message: str, openai: bool) -> dict:
+def error_body(message: str, openai: bool, status: int = 400) -> dict:
+    """The error reply: OpenAI's shape under /v1 (its `type` says whose fault it is), else {"error"}."""
     if openai:
-        return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
     return {"error": message}
 
 
@@ -58,6 +61,96 @@ def parse_error_message(exc: HTTPException) -> str:
     if isinstance(cause, RecursionError):
         return "request body is nested too deeply"
     return _short(exc.detail if isinstance(exc.detail, str) else "invalid request", MAX_MESSAGE_CHARS)
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def default_allowed_hosts(bind_host: str) -> tuple[str, ...]:
+    """Host headers a server bound to `bind_host` answers: a loopback bind answers loopback
+    names only (a web page on another site cannot reach it through DNS rebinding); a bind to
+    every interface cannot know its names, so it answers any ("*")."""
+    if bind_host in ("0.0.0.0", "::", ""):
+        return ("*",)
+    if bind_host in LOOPBACK_HOSTS or bind_host.startswith("127."):
+        return tuple(dict.fromkeys((bind_host, *LOOPBACK_HOSTS)))
+    return (bind_host,)
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port: example.com:80 -> example.com, [::1]:80 -> ::1."""
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class HostCheck:
+    """Refuse requests whose Host header names none of `allowed` ("*": any) with 421."""
+
+    def __init__(self, app, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.allowed = {h.lower() for h in allowed}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and "*" not in self.allowed:
+            header = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
+            if host_name(header.strip().lower()) not in self.allowed:
+                openai = scope.get("path", "").startswith("/v1/")
+                message = "Host header names no host this server answers to (see --allowed-host)"
+                response = SafeJSONResponse(error_body(message, openai, 421), status_code=421)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def read_timeout_protocol(seconds: float):
+    """uvicorn's httptools protocol, with a limit on how long a client may take to send a whole
+    request (headers and body) once it has started one or opened the connection: a client that
+    never finishes (slowloris) gets 408 and is disconnected instead of holding a socket forever.
+    None where httptools is not installed (uvicorn's default protocol is used then)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return None
+
+    class ReadTimeoutProtocol(HttpToolsProtocol):
+        _read_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._read_timer is None:
+                self._read_timer = self.loop.call_later(seconds, self._timed_out)
+
+        def _disarm(self) -> None:
+            if self._read_timer is not None:
+                self._read_timer.cancel()
+                self._read_timer = None
+
+        def _timed_out(self) -> None:
+            self._read_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is None or not self.cycle.response_started:
+                body = json.dumps(error_body(f"the request was not sent within {seconds:g} s", False)).encode()
+                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                     b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            self.transport.close()
+
+    return ReadTimeoutProtocol
 
 
 class BodySizeLimit:
@@ -95,7 +188,7 @@ class BodySizeLimit:
 
     async def _refuse(self, scope, send) -> None:
         openai = scope.get("path", "").startswith("/v1/")
-        response = SafeJSONResponse(error_body(self.message(), openai), status_code=413,
+        response = SafeJSONResponse(error_body(self.message(), openai, 413), status_code=413,
                                     headers={"Connection": "close"})
         await response({"type": "http"}, _no_body, send)
 

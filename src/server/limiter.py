@@ -18,6 +18,10 @@ class ServerBusy(Exception):
     """Every slot is taken and the queue is full."""
 
 
+class ShuttingDown(Exception):
+    """The server is stopping: no request is admitted, and queued ones give up their place."""
+
+
 class SlotLimiter:
     def __init__(self, max_active: int, max_waiting: int) -> None:
         self.max_active = max_active
@@ -26,6 +30,15 @@ class SlotLimiter:
         self.active = 0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self.recent_waits: collections.deque[float] = collections.deque(maxlen=256)  # seconds, queued ones
+        self.closed: str | None = None  # why no request is admitted any more
+
+    def shut_down(self, message: str) -> None:
+        """Admit nothing from now on; queued requests raise ShuttingDown(message) at once."""
+        self.closed = message
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_exception(ShuttingDown(message))
 
     @property
     def waiting(self) -> int:
@@ -33,6 +46,8 @@ class SlotLimiter:
 
     def reserve(self) -> Ticket:
         """Admit a request or raise ServerBusy; called before the response starts."""
+        if self.closed is not None:
+            raise ShuttingDown(self.closed)
         if self.reserved >= self.max_active + self.max_waiting:
             raise ServerBusy
         self.reserved += 1
@@ -47,6 +62,8 @@ class SlotLimiter:
         self._waiters.append(future)
         try:
             await future
+        except ShuttingDown:
+            raise
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release_slot()  # handed a slot while being cancelled: pass it on

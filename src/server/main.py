@@ -9,6 +9,7 @@ import torch
 
 from src.device import resolve_device
 from src.model.checkpoint import CheckpointError, load_for_inference
+from src.server.guards import read_timeout_protocol
 from src.server.settings import ServerSettings, parse_settings
 
 
@@ -39,5 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     # One access-log line per request costs the event loop ~6% of its time under a burst of
     # streams (profiled); --access-log turns it back on.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=settings.access_log)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=settings.access_log,
+                http=read_timeout_protocol(settings.read_timeout_s) or "auto")
     return 0

@@ -72,15 +72,27 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+MAX_PROMPTS = 64  # prompts in one /v1/completions request (lm-eval batches a few per request)
+MAX_LOGPROBS = 5  # OpenAI's limit on `logprobs`
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(min_length=1, max_length=1 << 17)]
+
+
 class CompletionRequest(BaseModel):
-    """POST /v1/completions: the subset of OpenAI's completions API this model can honour."""
+    """POST /v1/completions: the subset of OpenAI's completions API this model can honour.
+
+    `prompt` is a text, a list of token ids, or a list of either (one choice each). With `echo`
+    the prompt comes back in `text` (and in `logprobs`); `logprobs: k` returns each token's
+    log-probability under the model's own distribution (no temperature or penalty) and the
+    k most likely tokens at each position; `max_tokens: 0` with `echo` scores without generating.
+    """
 
     model_config = STRICT
 
     model: ShortText | None = None
-    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=1)] = Field(
-        examples=["Once upon a time"], description="one prompt (a list must hold exactly one)")
-    max_tokens: Integer = Field(16, ge=1, le=1000)
+    prompt: Prompt | TokenIds | Annotated[list[Prompt], Field(min_length=1, max_length=MAX_PROMPTS)] | Annotated[
+        list[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)] = Field(
+        examples=["Once upon a time"], description=f"a text or token ids, or a list of up to {MAX_PROMPTS} of either")
+    max_tokens: Integer = Field(16, ge=0, le=1000, description="0 only with echo: score the prompt")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
@@ -88,25 +100,50 @@ class CompletionRequest(BaseModel):
     stream: bool = False
     n: Integer = Field(1, ge=1, le=1, description="only 1 is supported")
     user: ShortText | None = None
+    echo: Annotated[bool, BeforeValidator(_bool_only)] = False
+    logprobs: Integer | None = Field(None, ge=0, le=MAX_LOGPROBS)
     # Accepted only at their no-op values, so clients that always send them keep working.
-    echo: Annotated[Literal[False], BeforeValidator(_bool_only)] = False
-    logprobs: None = None
     presence_penalty: float = Field(0.0, ge=0.0, le=0.0)
     frequency_penalty: float = Field(0.0, ge=0.0, le=0.0)
     best_of: Integer = Field(1, ge=1, le=1)
     stream_options: StreamOptions | None = None
 
-    def single_prompt(self) -> str:
-        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+    def prompts(self) -> list[str | list[int]]:
+        """Every prompt, each a text or a list of token ids."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
+    @property
+    def scoring(self) -> bool:
+        """Whether the reply needs log-probabilities or the prompt echoed (the scoring path)."""
+        return self.echo or self.logprobs is not None
+
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(
             temperature=self.temperature, top_k=0, top_p=self.top_p, repetition_penalty=1.0,
-            max_new_tokens=self.max_tokens, seed=self.seed,
+            max_new_tokens=max(1, self.max_tokens), seed=self.seed,  # 0: nothing is generated anyway
         )
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize (vLLM's shape, which lm-evaluation-harness's remote tokenizer calls)."""
+
+    model_config = STRICT
+
+    prompt: Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+    add_special_tokens: bool = False  # True: the story-start token first, as generation does
+    model: ShortText | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = STRICT
+
+    tokens: Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(max_length=1 << 17)]
+    model: ShortText | None = None
 
 
 class ErrorDetail(BaseModel):
@@ -135,10 +172,17 @@ class OpenAIErrorResponse(BaseModel):
     error: OpenAIErrorBody
 
 
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     text: str
     index: int
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
 
 

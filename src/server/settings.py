@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass
 
 from src.device import DEVICE_CHOICES, PRECISION_CHOICES
-from src.server.engines import ENGINE_CHOICES
+from src.server.engines import ENGINE_CHOICES, STEP_TIMEOUT_S
+from src.server.guards import default_allowed_hosts
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,10 @@ class ServerSettings:
     access_log: bool = False  # uvicorn's per-request log lines
     threads: int | None = None  # CPU threads for decoding; None: all cores but one (the event loop's)
     engine: str = "auto"  # where decoding runs: "process", "thread", or "auto" (see app.make_engine)
-    compile_decode: bool = False  # torch.compile the decode step, warmed up before serving (run_ui.py: on)
+    compile_decode: bool = False  # torch.compile the decode step in the background (run_ui.py: on)
+    allowed_hosts: tuple[str, ...] = ("*",)  # Host headers answered; run_ui.py: the bound host's names
+    step_timeout_s: float = STEP_TIMEOUT_S  # a decode process silent this long with work is killed and restarted
+    read_timeout_s: float = 30.0  # time a client has to send a whole request once it has begun
 
     def decode_threads(self, on_cpu: bool = True) -> int | None:
         """CPU threads for the decode loop: `threads`, else all cores but the event loop's."""
@@ -62,6 +66,14 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
                         help="env COMPILE=1/0: torch.compile the decode step and warm it up before serving "
                         "(default on; the first start compiles for a while, later ones reuse inductor's "
                         "disk cache)")
+    parser.add_argument("--allowed-host", dest="allowed_hosts", action="append", metavar="NAME",
+                        help="env ALLOWED_HOSTS (comma-separated): a Host header to answer, repeatable; '*' answers "
+                        "any. Default: the bound host's own names (loopback names for 127.0.0.1), any for 0.0.0.0")
+    parser.add_argument("--step-timeout", type=float, default=None, metavar="SECONDS",
+                        help=f"env STEP_TIMEOUT (default {STEP_TIMEOUT_S:g}): a decode process that has work but "
+                        "answers nothing for this long is killed and restarted")
+    parser.add_argument("--read-timeout", type=float, default=None, metavar="SECONDS",
+                        help="env READ_TIMEOUT (default 30): time a client has to send a whole request (408 after)")
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
     args = parser.parse_args(argv)
 
@@ -91,6 +103,20 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
         if raw not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
             parser.error(f"COMPILE must be 1 or 0, got {raw!r}")
         compile_decode = raw in ("1", "true", "yes", "on")
+    def seconds(flag_value, env_name, default):
+        raw = flag_value if flag_value is not None else env.get(env_name) or default
+        try:
+            value = float(raw)
+        except ValueError:
+            parser.error(f"{env_name} must be a number of seconds, got {raw!r}")
+        if not 0 < value < 86400:
+            parser.error(f"{env_name.lower().replace('_', ' ')} must be between 0 and 86400 seconds, got {raw}")
+        return value
+
+    step_timeout = seconds(args.step_timeout, "STEP_TIMEOUT", STEP_TIMEOUT_S)
+    read_timeout = seconds(args.read_timeout, "READ_TIMEOUT", 30.0)
+    hosts = args.allowed_hosts or [h for h in env.get("ALLOWED_HOSTS", "").split(",") if h.strip()]
+    allowed_hosts = tuple(h.strip() for h in hosts) or default_allowed_hosts(args.host)
     threads = integer(args.threads, "THREADS", None)
     if threads is not None and threads < 1:
         parser.error(f"threads must be >= 1, got {threads}")
@@ -108,5 +134,8 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
         threads=threads,
         engine=args.engine,
         compile_decode=compile_decode,
+        allowed_hosts=allowed_hosts,
+        step_timeout_s=step_timeout,
+        read_timeout_s=read_timeout,
         access_log=args.access_log,
     )
