@@ -28,9 +28,13 @@ def test_reference_config_is_the_seed_recipe():
     assert (s.warmup_steps, s.min_lr) == (2000, 5e-5)
 
 
-def test_cpu_config_reads_the_shared_sample():
-    config = load_train_config(REPO_ROOT / "config" / "train_config_tinystories_cpu.yaml")
-    assert config.data.train.startswith("../shared/data/tinystories/") and config.model.dropout == 0.0
+@pytest.mark.parametrize("name, stories", [("cpu", 4042), ("demo", 4042), ("demo20k", 20662)])
+def test_cpu_configs_read_a_slice_of_the_hub_dataset(name, stories):
+    """No path a user lacks: the dataset by name, capped to a CPU-sized slice (local files by --set)."""
+    config = load_train_config(REPO_ROOT / "config" / f"train_config_tinystories_{name}.yaml")
+    data = config.data
+    assert (data.train, data.val) == ("roneneldan/TinyStories", "roneneldan/TinyStories:validation")
+    assert (data.max_train_stories, data.max_val_stories) == (stories, 929) and config.model.dropout == 0.0
 
 
 def test_smoke_config_needs_no_network_and_no_shared_data():
