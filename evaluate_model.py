@@ -16,6 +16,7 @@ from src.data.cache import DEFAULT_CACHE_DIR
 from src.device import DEVICE_CHOICES, PRECISION_CHOICES
 from src.evaluation.evaluate import EvaluateOptions, run
 from src.evaluation.heldout import DEFAULT_VALIDATION_SOURCE
+from src.evaluation.judge import add_judge_arguments, judge_options
 from src.generation.presets import DEFAULT_PRESET, PRESETS
 
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help="weights: auto, fp32, bf16 or int8 (CPU); see generate.py --help")
+    add_judge_arguments(p)
     p.add_argument("--json", metavar="OUT", help="write every number and every sample to this JSON file")
     return p
 
@@ -68,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=args.device,
         precision=args.precision,
         json_path=args.json,
+        judge=judge_options(args),
     )
     return run(options)
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from src.device import DEVICE_CHOICES, PRECISION_CHOICES
 from src.evaluation.compare import DEFAULT_OUT_DIR, CompareOptions, run
+from src.evaluation.judge import add_judge_arguments, judge_options
 from src.generation.presets import PRESETS
 
 
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help="weights: auto, fp32, bf16 or int8 (CPU); see generate.py --help")
     p.add_argument("--out-dir", default=DEFAULT_OUT_DIR, help=f"where the reports go (default {DEFAULT_OUT_DIR})")
+    p.add_argument("--data", help="text to cut the judge's story beginnings from (a dataset or a local file)")
+    add_judge_arguments(p)
     return p
 
 
@@ -49,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=args.device,
         precision=args.precision,
         out_dir=args.out_dir,
+        data=args.data,
+        judge=judge_options(args),
     )
     return run(options)
 

@@ -14,8 +14,9 @@ from typing import Any
 
 from src.data.atomic_files import atomic_write_text
 from src.evaluation.chart import plot_comparison
-from src.evaluation.comparison_report import markdown_report, table_rows, text_table
+from src.evaluation.comparison_report import markdown_report, markdown_table, table_rows, text_table
 from src.evaluation.errors import EvaluationError
+from src.evaluation.judge import GRADES, JudgeOptions, judge_beginnings, judge_completions
 from src.evaluation.prompts import load_prompts
 from src.evaluation.report import write_json
 from src.evaluation.runner import load_for_evaluation, run_cli
@@ -40,6 +41,8 @@ class CompareOptions:
     device: str = "auto"
     precision: str = "auto"  # weight format, see src.device.inference_precision
     out_dir: str = DEFAULT_OUT_DIR
+    judge: JudgeOptions | None = None  # also grade each preset's completions with an LLM judge
+    data: str | None = None  # text the judge's story beginnings are cut from (else --prompts)
 
     def check(self) -> None:
         for name in ("num_samples", "max_new_tokens"):
@@ -55,6 +58,9 @@ def compare_presets(options: CompareOptions) -> dict[str, Any]:
     """Generate and score every preset on the same prompts and seeds; write the three reports."""
     options.check()
     prompts = load_prompts(options.prompts_file)
+    if options.judge is not None:
+        options.judge.check()
+        beginnings = judge_beginnings(options.judge, options.data, options.prompts_file, options.seed)
     out_dir = Path(options.out_dir)  # created on the first write, so bad input leaves nothing behind
     loaded = load_for_evaluation(options.checkpoint, options.device, options.precision)
     generator = Generator.from_loaded(loaded)
@@ -72,6 +78,12 @@ def compare_presets(options: CompareOptions) -> dict[str, Any]:
 
     print(text_table(table_rows(summaries)))
     print(f"Best preset: {best} ({QUALITY_RULE})")
+    judged = {}
+    if options.judge is not None:
+        for name in options.presets:
+            params = PRESETS[name].replace(max_new_tokens=options.max_new_tokens)
+            judged[name] = judge_completions(generator, options.judge, beginnings, params, options.seed)
+        print(text_table(judge_rows(judged)))
 
     settings = {
         "checkpoint": str(loaded.path),
@@ -91,6 +103,7 @@ def compare_presets(options: CompareOptions) -> dict[str, Any]:
                 "sampling": asdict(PRESETS[name].replace(max_new_tokens=options.max_new_tokens)),
                 "quality": quality(summary),
                 "summary": summary.to_dict(),
+                "judge": judged.get(name),
             }
             for name, summary in summaries.items()
         },
@@ -100,9 +113,21 @@ def compare_presets(options: CompareOptions) -> dict[str, Any]:
     json_path = write_json(out_dir / f"{REPORT_NAME}.json", document)
     chart_path = plot_comparison(summaries, out_dir / f"{REPORT_NAME}.png", f"Presets on {loaded.name}")
     markdown_path = out_dir / f"{REPORT_NAME}.md"
-    atomic_write_text(markdown_path, markdown_report(summaries, samples, best, settings, chart_path.name))
+    report = markdown_report(summaries, samples, best, settings, chart_path.name)
+    if judged:
+        report += f"\n## Judge: {options.judge.model}\n\n" + markdown_table(judge_rows(judged)) + "\n"
+    atomic_write_text(markdown_path, report)
     print(f"Wrote {json_path}, {markdown_path}, {chart_path}")
     return document
+
+
+def judge_rows(judged: dict[str, dict]) -> list[list[str]]:
+    """Each preset's mean judge grades (1-10), stories graded and replies that could not be read."""
+    rows = [["preset", *GRADES, "graded", "parse failures"]]
+    for name, summary in judged.items():
+        grades = [f"{summary[g]:.2f}" if summary[g] is not None else "-" for g in GRADES]
+        rows.append([name, *grades, str(summary["n"]), str(summary["parse_failures"])])
+    return rows
 
 
 def run(options: CompareOptions, prog: str = "evaluate_model_enhanced.py") -> int:

@@ -9,6 +9,7 @@ from typing import Any
 from src.data.cache import DEFAULT_CACHE_DIR
 from src.evaluation.errors import EvaluationError
 from src.evaluation.heldout import DEFAULT_VALIDATION_SOURCE, evaluate_heldout, evaluate_stories
+from src.evaluation.judge import JudgeOptions, judge_beginnings, judge_completions, judge_lines
 from src.evaluation.prompts import load_prompts
 from src.evaluation.report import generation_lines, heldout_lines, write_json
 from src.evaluation.runner import load_for_evaluation, run_cli
@@ -34,6 +35,7 @@ class EvaluateOptions:
     device: str = "auto"
     precision: str = "auto"  # weight format, see src.device.inference_precision
     json_path: str | None = None
+    judge: JudgeOptions | None = None  # grade completions with an LLM judge (the TinyStories paper's)
 
     def check(self) -> None:
         for name in ("num_samples", "max_new_tokens", "batch_size"):
@@ -49,6 +51,9 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     """Run the evaluation, print the summary, write the JSON if asked; return the document."""
     options.check()
     prompts = load_prompts(options.prompts_file)  # fail on a bad prompts file before any work
+    if options.judge is not None:
+        options.judge.check()
+        beginnings = judge_beginnings(options.judge, options.data, options.prompts_file, options.seed)
     loaded = load_for_evaluation(options.checkpoint, options.device, options.precision)
     print(f"Model: {loaded.path} ({loaded.model.num_parameters():,} parameters, context {loaded.config.max_seq_len})")
     started = time.perf_counter()
@@ -75,6 +80,12 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
           f"seeds {options.seed}..{last_seed}, at most {options.max_new_tokens} new tokens")
     print("\n".join(generation_lines(summary)))
 
+    judged = None
+    if options.judge is not None:
+        params = PRESETS[DEFAULT_PRESET].replace(max_new_tokens=options.max_new_tokens)
+        judged = judge_completions(generator, options.judge, beginnings, params, options.seed)
+        print("\n".join(judge_lines(judged)))
+
     document = {
         "checkpoint": str(loaded.path),
         "checkpoint_metrics": loaded.metrics,
@@ -83,6 +94,7 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
         "heldout": heldout.to_dict() if heldout else None,
         "generation": summary.to_dict(),
         "samples": [asdict(sample) for sample in samples],
+        "judge": judged,
         "seconds": time.perf_counter() - started,
     }
     if options.json_path:
