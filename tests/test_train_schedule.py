@@ -46,6 +46,15 @@ def test_budgeted_schedule_decays_to_min_lr_at_the_end_of_the_budget():
         schedule(100)
 
 
+def test_a_budget_shorter_than_the_warmup_still_ends_at_min_lr():
+    schedule = LRSchedule(max_lr=1e-3, min_lr=1e-4, warmup_steps=2000, total_steps=None)
+    # 27 steps fit in the budget: the warmup ends at 10% of it, not after 2,000 steps
+    lrs = [schedule(step, progress=(step + 1) / 27) for step in range(27)]
+    assert lrs[0] == pytest.approx(1e-3 * (1 / 27) / 0.1)  # the budget's share leads the ramp
+    assert max(lrs) <= 1e-3 and lrs[-1] == pytest.approx(1e-4)
+    assert schedule(5, progress=0.0) == pytest.approx(1e-3 * 6 / 2001)  # early on, steps lead
+
+
 def test_warmup_stable_decay_holds_the_peak_then_ramps_linearly():
     schedule = LRSchedule(max_lr=1.0, min_lr=0.0, warmup_steps=0, total_steps=None, shape="wsd", decay_fraction=0.25)
     assert [schedule(10, p) for p in (0.0, 0.5, 0.75)] == [1.0, 1.0, 1.0]

@@ -11,6 +11,9 @@ Two decay shapes:
             linear ramp to `min_lr` (MiniCPM, "Scaling Laws and Compute-Optimal Training
             Beyond Fixed Training Durations")
 
+In a budgeted run the warmup ends after `warmup_steps` or after BUDGET_WARMUP_SHARE of the
+budget, whichever comes first: however few steps fit, the decay still reaches `min_lr` at the end.
+
 The rate is a pure function of (step, progress), so resuming needs only those two numbers.
 """
 
@@ -20,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 SHAPES = ("cosine", "wsd")
+BUDGET_WARMUP_SHARE = 0.1  # a budgeted run's warmup ends by this share of the budget at the latest
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,11 @@ class LRSchedule:
         """Rate for optimizer step `step` (0-based); `progress` in [0, 1] is the budget spent."""
         warmup = self.warmup_steps if self.total_steps is None else min(self.warmup_steps, self.total_steps)
         if step < warmup:  # (step + 1) so the first update is not wasted at lr = 0
-            return self.max_lr * (step + 1) / (warmup + 1)
+            ramp = (step + 1) / (warmup + 1)
+            if self.total_steps is None and progress is not None:  # budgeted: by steps or by time
+                ramp = max(ramp, progress / BUDGET_WARMUP_SHARE)
+            if ramp < 1.0:
+                return self.max_lr * ramp
         if progress is None:
             if self.total_steps is None:
                 raise ValueError("a schedule without total_steps needs the run's progress")

@@ -47,7 +47,7 @@ from src.training.observers import RunLoggers, SampleLog, sample_stories
 from src.training.optimizer import build_optimizer
 from src.training.precision import choose_precision, enable_tf32
 from src.training.rng import capture_rng_state, restore_rng_state
-from src.training.schedule import LRSchedule
+from src.training.schedule import BUDGET_WARMUP_SHARE, LRSchedule
 from src.training.signals import GracefulStop
 from src.training.step import train_step
 
@@ -557,6 +557,10 @@ class Trainer:
             f"{self.seq_len} = {self.tokens_per_step:,} tokens/step | {self.describe_length()} | "
             f"output {self.output_dir}"
         )
+        if self.budget_seconds is not None and self.schedule.warmup_steps:
+            self.log(f"warmup: {self.schedule.warmup_steps:,} steps or the first {BUDGET_WARMUP_SHARE:.0%} of the "
+                     f"budget, whichever ends first; then {self.config.scheduler.shape} to min_lr "
+                     f"{self.schedule.min_lr:g} at the budget's end")
 
     def log(self, message: str) -> None:
         if not self.info.is_main:
