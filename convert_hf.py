@@ -19,7 +19,7 @@ from src.device import DTYPES
 from src.model.checkpoint import CheckpointError, compact_checkpoint
 from src.model.gguf_export import GGUF_DTYPES, export_gguf
 from src.model.hf_convert import export_checkpoint, import_hf
-from src.model.llama2c import BOS_TOKEN, import_llama2c
+from src.model.llama2c import SP_BOS, import_llama2c
 
 
 def main() -> int:
@@ -43,8 +43,8 @@ def main() -> int:
     llama2c.add_argument("--input", required=True, help="llama2.c model .bin (legacy, v1 or v2)")
     llama2c.add_argument("--tokenizer", required=True, help="its SentencePiece tokenizer .model")
     llama2c.add_argument("--output", required=True)
-    llama2c.add_argument("--eos-token", default=BOS_TOKEN,
-                         help=f"the token that ends a story (default {BOS_TOKEN}: llama2.c puts BOS between stories "
+    llama2c.add_argument("--eos-token", default=SP_BOS,
+                         help=f"the token that ends a story (default {SP_BOS}: llama2.c puts BOS between stories "
                          "and run.c stops there; '</s>' for a model trained with EOS after each story)")
     args = parser.parse_args()
     try:

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "loglikelihood_rolling does (default: every context window of the concatenated text)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help=f"token cache folder (default {DEFAULT_CACHE_DIR})")
-    p.add_argument("--prompts", help="file with one prompt per line (default: the seed's five prompts)")
+    p.add_argument("--prompts", help="file with one prompt per line (default: five built-in story openings)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
                    help=f"sampling preset (default {DEFAULT_PRESET})")
     p.add_argument("--num-samples", type=int, default=3, help="samples per prompt (default 3)")

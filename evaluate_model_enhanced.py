@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", help="a .pth checkpoint (default: $CHECKPOINT_PATH, the newest "
                    "training run's best, then the demo model)")
-    p.add_argument("--prompts", help="file with one prompt per line (default: the seed's five prompts)")
+    p.add_argument("--prompts", help="file with one prompt per line (default: five built-in story openings)")
     p.add_argument("--presets", nargs="+", choices=list(PRESETS), default=list(PRESETS),
                    help=f"presets to compare (default: all of {', '.join(PRESETS)})")
     p.add_argument("--num-samples", type=int, default=3, help="samples per prompt and preset (default 3)")

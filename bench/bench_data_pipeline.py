@@ -1,6 +1,6 @@
 """Benchmark: the tokenize+cache pipeline vs raw `Tokenizer.encode_batch` on the same text.
 
-    python bench/bench_data_pipeline.py [--data ../shared/data/tinystories/train.txt]
+    python -m bench.bench_data_pipeline [--data ../shared/data/tinystories/train.txt]
         [--tokenizer DIR_OR_FILE] [--sizes_mb 25 100]
 
 The data file is repeated to each size in a temp dir (never the repo). Each phase runs in its
@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from src.data.cache import STORIES_PER_CHUNK, load_or_build_token_cache  # noqa: E402
-from src.data.sources import open_source  # noqa: E402
-from src.data.tokenizer import load_tokenizer, save_tokenizer, train_bpe_tokenizer  # noqa: E402
+from src.data.cache import STORIES_PER_CHUNK, load_or_build_token_cache
+from src.data.sources import open_source
+from src.data.tokenizer import load_tokenizer, save_tokenizer, train_bpe_tokenizer
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "tinystories" / "train.txt"
 PHASES = ("raw", "raw_fast", "pipeline")
@@ -75,9 +74,9 @@ def repeat_to_size(data: Path, size_mb: float, out_dir: Path) -> Path:
 
 
 def child(phase: str, data: Path, tokenizer_path: Path, work_dir: Path, chunk: int) -> dict:
-    command = [sys.executable, __file__, "--phase", phase, "--data", str(data), "--tokenizer", str(tokenizer_path)]
+    command = [sys.executable, "-m", "bench.bench_data_pipeline", "--phase", phase, "--data", str(data), "--tokenizer", str(tokenizer_path)]
     command += ["--work_dir", str(work_dir), "--stories_per_chunk", str(chunk)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
     if result.returncode != 0:
         raise SystemExit(f"phase {phase} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])

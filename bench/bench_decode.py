@@ -15,9 +15,9 @@ For each model (the bundled demo model; the 24.5M reference shapes with random w
 Each figure is the best of --repeats runs after one warm-up, as tokens/s over the whole call
 (prompt included). Columns whose engine is absent say why. Prints a Markdown table and JSON.
 
-    python bench/bench_decode.py                      # demo + reference, 1 and 2 threads
-    python bench/bench_decode.py --models demo --threads 1 --new-tokens 200
-    python bench/bench_decode.py --profile             # where a token's time goes (torch profiler)
+    python -m bench.bench_decode                      # demo + reference, 1 and 2 threads
+    python -m bench.bench_decode --models demo --threads 1 --new-tokens 200
+    python -m bench.bench_decode --profile             # where a token's time goes (torch profiler)
 """
 
 from __future__ import annotations
@@ -34,14 +34,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.data.tokenizer import load_tokenizer  # noqa: E402
-from src.device import cpu_name  # noqa: E402
-from src.generation import Generator, SamplingParams  # noqa: E402
-from src.model import ModelConfig, WikiMiniModel  # noqa: E402
-from src.model.checkpoint import DEMO_CHECKPOINT, load_for_inference, save_checkpoint  # noqa: E402
-from src.model.gguf_export import export_gguf  # noqa: E402
+from src.data.tokenizer import load_tokenizer
+from src.device import cpu_name
+from src.generation import Generator, SamplingParams
+from src.model import ModelConfig, WikiMiniModel
+from src.model.checkpoint import DEMO_CHECKPOINT, load_for_inference, save_checkpoint
+from src.model.gguf_export import export_gguf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Once upon a time there was a little girl named Lily. She"
@@ -49,7 +48,7 @@ GGUF_TYPES = ("q8_0", "f32")
 
 
 def reference_checkpoint(work: Path) -> Path:
-    """The seed's reference shapes (24.5M) with random weights: speed does not depend on training."""
+    """The reference shapes (24.5M) with random weights: speed does not depend on training."""
     torch.manual_seed(0)
     tokenizer = load_tokenizer(REPO_ROOT / "tokenizer" / "tinystories20k_10k")
     config = ModelConfig(vocab_size=tokenizer.get_vocab_size())

@@ -9,29 +9,26 @@ precision `auto` picks, after the one-off compile (reported as compile_s); HF ge
 loop re-runs the whole context each token at the precision `auto` picks. Prints a Markdown
 table and JSON.
 
-    python bench/bench_generation.py                       # 24.5M reference shapes, 256 tokens
-    python bench/bench_generation.py --config demo --repeats 2
+    python -m bench.bench_generation                       # 24.5M reference shapes, 256 tokens
+    python -m bench.bench_generation --config demo --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.data.tokenizer import train_bpe_tokenizer  # noqa: E402
-from src.device import cpu_name, inference_precision, resolve_device  # noqa: E402
-from src.generation import Generator, SamplingParams  # noqa: E402
-from src.generation.sampling import RowSettings, sample_tokens, seen_mask  # noqa: E402
-from src.model import ModelConfig, WikiMiniModel  # noqa: E402
-from src.model.hf_convert import to_hf_model  # noqa: E402
-from src.model.quantize import quantize_int8  # noqa: E402
+from src.data.tokenizer import train_bpe_tokenizer
+from src.device import cpu_name, inference_precision, resolve_device
+from src.generation import Generator, SamplingParams
+from src.generation.sampling import RowSettings, sample_tokens, seen_mask
+from src.model import ModelConfig, WikiMiniModel
+from src.model.hf_convert import to_hf_model
+from src.model.quantize import quantize_int8
 
 PROMPT = "Once upon a time there was a little girl named Lily. She"
 CONFIGS = {

@@ -14,9 +14,9 @@ stopped and continued; a recipe that already has a result for the same budget is
 unless `--rerun`. `--cpus 1 --threads 1` pins each run to one core (e.g. to leave the other
 one free); every recipe in a comparison should run under the same setting.
 
-    python bench/bench_recipe.py --minutes 15 --recipes baseline,muon_lr4e-3
-    python bench/bench_recipe.py --minutes 15 --cpus 1 --threads 1      # every recipe, one core
-    python bench/bench_recipe.py --table-only                          # print what has been run
+    python -m bench.bench_recipe --minutes 15 --recipes baseline,muon_lr4e-3
+    python -m bench.bench_recipe --minutes 15 --cpus 1 --threads 1      # every recipe, one core
+    python -m bench.bench_recipe --table-only                          # print what has been run
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 RUN_SETTINGS = [  # the protocol: same for every recipe
     "training.max_steps=null",

@@ -3,7 +3,7 @@
 concurrent streams against a live `run_ui.py` on a free loopback port, and against llama.cpp's
 `llama-server` on the same weights when it is found.
 
-    python bench/bench_server.py [--checkpoint CKPT] [--streams 1 8 32] [--max-tokens 100]
+    python -m bench.bench_server [--checkpoint CKPT] [--streams 1 8 32] [--max-tokens 100]
 
 Uses the bundled demo model by default; `--distinct-prompts` gives every stream a prompt never
 sent before (the default shares one, which the server's prefix cache serves after its first
@@ -36,7 +36,6 @@ from pathlib import Path
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 PROMPT = "Once upon a time there was"
 PROMPT_NUMBERS = itertools.count()
 NAMES = ["Lily", "Tom", "Mia", "Ben", "Sue", "Max", "Anna", "Tim", "Lucy", "Sam", "Zoe", "Jack"]

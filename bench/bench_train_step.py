@@ -24,10 +24,10 @@ after the models, the higher kept). 6 * N per token counts forward (2N) and
 backward (4N) matmuls and leaves attention scores out, as is conventional; parameters are
 unique parameters (the tied embedding counts once, and the same for both models).
 
-    python bench/bench_train_step.py                          # demo and reference configs
-    python bench/bench_train_step.py --configs reference --batch-size 4 --steps 3
-    python bench/bench_train_step.py --with-fp32              # also time ours without autocast
-    python bench/bench_train_step.py --no-compile             # skip ours under torch.compile
+    python -m bench.bench_train_step                          # demo and reference configs
+    python -m bench.bench_train_step --configs reference --batch-size 4 --steps 3
+    python -m bench.bench_train_step --with-fp32              # also time ours without autocast
+    python -m bench.bench_train_step --no-compile             # skip ours under torch.compile
 
 Ours runs twice: eager, and under torch.compile (a separate copy with the same initial weights;
 train.py compiles on CUDA and in the CPU configs). HF runs eager, as a user would run it.
@@ -39,7 +39,6 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -49,16 +48,15 @@ import yaml
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from src.device import cpu_name  # noqa: E402
-from src.model.config import ModelConfig  # noqa: E402
-from src.model.hf_convert import to_hf_model  # noqa: E402
-from src.model.transformer_block import WikiMiniModel  # noqa: E402
-from src.training.config import OptimizerConfig  # noqa: E402
-from src.training.optimizer import build_optimizer  # noqa: E402
-from src.training.precision import Precision  # noqa: E402
-from src.training.step import train_step  # noqa: E402
+from src.device import cpu_name
+from src.model.config import ModelConfig
+from src.model.hf_convert import to_hf_model
+from src.model.transformer_block import WikiMiniModel
+from src.training.config import OptimizerConfig
+from src.training.optimizer import build_optimizer
+from src.training.precision import Precision
+from src.training.step import train_step
 
 DEMO_CONFIG = ROOT / "config" / "train_config_tinystories_demo.yaml"
 DEFAULT_BATCH = {"demo": 32, "reference": 8}

@@ -15,8 +15,8 @@ through llama-cpp-python with its KV cache in f32 (its default f16 cache alone m
 ~1e-3), and is reported as not measured where `llama_cpp` is not importable. Prints a Markdown
 table (and JSON with --json).
 
-    python bench/compare_engines.py
-    python bench/compare_engines.py --new-tokens 200 --json engines.json
+    python -m bench.compare_engines
+    python -m bench.compare_engines --new-tokens 200 --json engines.json
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-from src.generation import Generator, SamplingParams  # noqa: E402
-from src.model.checkpoint import DEMO_CHECKPOINT, load_model  # noqa: E402
+from src.generation import Generator, SamplingParams
+from src.model.checkpoint import DEMO_CHECKPOINT, load_model
 
 STORY = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
          "One day, she saw a big, red ball.")

@@ -4,8 +4,8 @@ sent while stories stream. Prints what came back; exit status 1 if any reply was
 the documented error shape.
 
     pip install schemathesis
-    python bench/fuzz_api.py                          # the bundled demo model
-    python bench/fuzz_api.py --checkpoint CKPT --max-examples 300
+    python -m bench.fuzz_api                          # the bundled demo model
+    python -m bench.fuzz_api --checkpoint CKPT --max-examples 300
 
 1. `schemathesis run /openapi.json --checks all`: every check it has, on every operation.
 2. Hand-made cases: NaN/Infinity, lone surrogates, wrong types, invalid UTF-8/latin-1/binary

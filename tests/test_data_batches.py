@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.data.batches import IGNORE_INDEX, TrainBatches, bits_per_byte, num_windows, validation_batches
+from src.data.batches import TrainBatches, num_windows, validation_batches
+from src.losses import IGNORE_INDEX, bits_per_byte
 
 TOKENS = np.arange(1, 1 + 8 * 101, dtype=np.uint16)  # distinct tokens: a value gives its position
 

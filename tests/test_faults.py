@@ -4,7 +4,6 @@ workers, SIGTERM during streams, half-sent requests, foreign Host headers, lefto
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -20,7 +19,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from src.config_utils import ConfigError
-from src.data.atomic_files import remove_stale_temps
+from src.atomic_files import remove_stale_temps
 from src.data.cache import chunks
 from src.data.sources import MAX_STORY_CHARS, DataSourceWarning, open_source
 from src.generation import Generator, SamplingParams

@@ -24,10 +24,6 @@ def write_tasks(folder, stories):
     choices = [{"context": "Once upon a time there was a little", "choices": [" cat", " sky blue the"], "label": 0},
                {"context": "The happy dog ran to the", "choices": [" park.", " was was"], "label": 0}]
     (folder / "choices.jsonl").write_text("".join(json.dumps(c) + "\n" for c in choices))
-    common = f"""
-        dataset_path: json
-        test_split: train
-        """
     (folder / "bpb.yaml").write_text(textwrap.dedent(f"""
         task: tiny_stories_bpb
         dataset_path: json

@@ -37,11 +37,16 @@ def test_cpu_configs_read_a_slice_of_the_hub_dataset(name, stories):
     assert (data.max_train_stories, data.max_val_stories) == (stories, 929) and config.model.dropout == 0.0
 
 
-def test_smoke_config_needs_no_network_and_no_shared_data():
-    config = load_train_config(SMOKE_CONFIG)
+def test_smoke_config_runs_in_a_fresh_clone_without_network(tmp_path):
+    from src.training.trainer import train
+
+    config = load_train_config(SMOKE_CONFIG, [f"training.output_dir={tmp_path}", f"data.cache_dir={tmp_path}/cache",
+                                              "training.max_steps=2", "training.eval_interval=2", "logging.plot=false"])
     for source in (config.data.train, config.data.val, config.data.tokenizer):
-        assert source.startswith("data/smoke/")  # local files the user or the tests write; never the hub
-    assert config.model.d_model <= 64 and config.training.max_steps <= 100
+        assert (REPO_ROOT / source).exists()  # files in the repository; never the hub or ../shared
+    assert config.model.d_model <= 64 and load_train_config(SMOKE_CONFIG).training.max_steps <= 100
+    result = train(config)
+    assert result.exit_code == 0 and (tmp_path / "checkpoint_latest.pth").exists()
 
 
 def test_unknown_key_names_the_key_and_the_valid_ones(tmp_path):

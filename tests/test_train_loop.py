@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from src.config_utils import ConfigError
-from src.model.checkpoint import CheckpointError, find_best_checkpoint, load_checkpoint, load_model
-from src.training.checkpointing import BestCheckpoints, best_name
+from src.model.checkpoint import CheckpointError, best_name, find_best_checkpoint, load_checkpoint, load_model
+from src.training.checkpointing import BestCheckpoints
 from src.training.config import load_train_config
 from src.training.trainer import train
 from tests.test_train_helpers import SMOKE_CONFIG, make_smoke_data, read_metrics, smoke_overrides, train_losses

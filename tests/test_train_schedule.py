@@ -9,7 +9,8 @@ from src.model.transformer_block import WikiMiniModel
 from src.training.compile import compile_wanted
 from src.training.config import OptimizerConfig
 from src.training.optimizer import build_optimizer, parameter_groups
-from src.training.precision import bf16_supported, choose_precision
+from src.device import bf16_supported
+from src.training.precision import choose_precision
 from src.training.schedule import LRSchedule
 from tests.conftest import tiny_model_config
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from src.model.transformer_block import IGNORE_INDEX  # the target value the loss skips
+from src.losses import IGNORE_INDEX
 
 
 def num_windows(n_tokens: int, seq_len: int) -> int:
@@ -138,13 +138,3 @@ def validation_batches(
             x[row, : len(window) - 1] = window[:-1]
             y[row, : len(window) - 1] = window[1:]
         yield x, y
-
-
-def bits_per_byte(mean_loss_nats_per_token: float, n_tokens: int, n_bytes: int) -> float:
-    """Loss in bits per UTF-8 byte of text: tokenizer-independent, so vocabularies compare.
-
-    Pass the token and byte counts of the same text (e.g. a TokenCache's n_tokens and n_bytes).
-    """
-    if n_bytes <= 0:
-        raise ValueError(f"n_bytes must be positive, got {n_bytes}")
-    return mean_loss_nats_per_token * n_tokens / (n_bytes * math.log(2))

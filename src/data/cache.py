@@ -32,7 +32,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from src.data.atomic_files import atomic_output, atomic_write_text
+from src.atomic_files import atomic_output, atomic_write_text
 from src.data.sources import TextSource, open_source
 from src.data.tokenizer import TokenizerError, eos_token_id, tokenizer_sha256
 

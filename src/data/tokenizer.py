@@ -16,7 +16,7 @@ from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from src.data.atomic_files import atomic_write_text
+from src.atomic_files import atomic_write_text
 
 EOS_TOKEN = "<|endoftext|>"  # ends every story; id 0
 PAD_TOKEN = "<|pad|>"  # padding for batched inference; id 1

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: works on servers without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from src.data.atomic_files import atomic_output  # noqa: E402
+from src.atomic_files import atomic_output  # noqa: E402
 from src.evaluation.selection import quality  # noqa: E402
 from src.evaluation.summary import GenerationSummary  # noqa: E402
 

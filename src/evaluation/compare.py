@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from src.data.atomic_files import atomic_write_text
+from src.atomic_files import atomic_write_text
 from src.evaluation.chart import plot_comparison
 from src.evaluation.comparison_report import markdown_report, markdown_table, table_rows, text_table
 from src.evaluation.errors import EvaluationError

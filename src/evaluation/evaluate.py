@@ -27,7 +27,7 @@ class EvaluateOptions:
     max_windows: int | None = None  # None scores every window
     per_story: bool = False  # score each story on its own after the story-start token (lm-eval's rolling)
     batch_size: int = 8
-    prompts_file: str | None = None  # None: the seed's five prompts
+    prompts_file: str | None = None  # None: the five built-in story openings
     preset: str = DEFAULT_PRESET
     num_samples: int = 3  # per prompt
     seed: int = 42

@@ -26,11 +26,12 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from src.data.batches import IGNORE_INDEX, bits_per_byte, validation_batches
+from src.data.batches import validation_batches
 from src.data.cache import DEFAULT_CACHE_DIR, load_or_build_token_cache
 from src.data.sources import open_source
 from src.data.tokenizer import eos_token_id
 from src.generation.scoring import score_tokens
+from src.losses import IGNORE_INDEX, bits_per_byte, perplexity
 from src.model.transformer_block import WikiMiniModel
 
 DEFAULT_VALIDATION_SOURCE = "roneneldan/TinyStories:validation"
@@ -52,7 +53,7 @@ class HeldOutResult:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.loss)
+        return perplexity(self.loss)
 
     @property
     def bits_per_byte(self) -> float:

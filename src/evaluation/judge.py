@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from src.data.atomic_files import atomic_write_text
+from src.atomic_files import atomic_write_text
 from src.evaluation.errors import EvaluationError
 
 # The paper's two turns (its Figure 3), word for word, typos included.

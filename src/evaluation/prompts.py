@@ -6,7 +6,7 @@ from pathlib import Path
 
 from src.evaluation.errors import EvaluationError
 
-# The seed's five prompts, kept so scores stay comparable with its reports.
+# Five story openings, the same every run, so scores stay comparable between models and runs.
 DEFAULT_PROMPTS: tuple[str, ...] = (
     "Once upon a time there was",
     "One day, a little girl named Lily",

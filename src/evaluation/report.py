@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from src.data.atomic_files import atomic_write_text
+from src.atomic_files import atomic_write_text
 from src.evaluation.heldout import HeldOutResult
 from src.evaluation.summary import GenerationSummary
 

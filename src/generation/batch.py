@@ -27,7 +27,7 @@ from src.model.transformer_block import WikiMiniModel
 
 
 def decode_cache_dtype(model: WikiMiniModel) -> torch.dtype:
-    """float32 keys/values on CPU whatever the weights: CPU attention kernels are 2-4x faster in
+    """float32 keys/values on CPU whatever the weights: CPU attention kernels are several times faster in
     float32 than in bf16 at decode shapes, and the cache is small next to the weights."""
     weight = model.tok_embeddings.weight
     return torch.float32 if weight.device.type == "cpu" else weight.dtype
@@ -129,7 +129,7 @@ class DecodeBatch:
         self.compile_state = "eager"  # "eager" (not asked for), "compiling" (in the background), "ready", "failed"
         if compile_decode:
             # Inductor compiles in this process: its pool of compile worker processes, once
-            # started, slowed every later decode step by a third or more on a 2-core machine.
+            # started, slowed every later decode step on a 2-core machine.
             # The setting is process-wide, and the pool starts at the first compile.
             torch._inductor.config.compile_threads = 1
             self._compiled_forward = torch.compile(self._fixed_shape_forward, fullgraph=True, dynamic=False,

@@ -17,7 +17,7 @@ DEFAULT_PROMPT = "Once upon a time"
 
 
 # Below this many tokens a compile (a few seconds even from inductor's disk cache) costs more
-# than it saves; README "Performance" has the measured break-even.
+# than it saves (`bench/bench_decode.py` times both).
 COMPILE_PAYS_OFF_TOKENS = 2000
 
 

@@ -1,4 +1,4 @@
-"""Sampling settings and the seed's three presets."""
+"""Sampling settings and the three presets."""
 
 from __future__ import annotations
 

@@ -85,7 +85,8 @@ def candidates(logits: torch.Tensor, rows: RowSettings) -> tuple[torch.Tensor, t
 def sampling_distribution(logits: torch.Tensor, rows: RowSettings, seen: torch.Tensor | None = None):
     """(penalized float logits (n, V), CDF over each row's candidates (n, C), their token ids).
 
-    Pure tensor work, no random draw: the compiled decode step compiles it with the forward pass."""
+    Pure tensor work, no random draw. It stays eager beside a compiled decode step: settings
+    differ per request, and a graph per mix of settings would recompile."""
     logits = logits.float()
     if rows.any_penalty and seen is not None:
         logits = apply_repetition_penalty(logits, seen, rows.penalty)

@@ -14,8 +14,8 @@ from src.model.rope import apply_rope
 def masked_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """One query per row over keys masked per row (each row at its own position), softmax in fp32.
 
-    Plain matmuls: on CPU, SDPA with a mask and a single query is 2-4x slower than this for a
-    batch of rows.
+    Plain matmuls: on CPU, SDPA with a mask and a single query is slower than this for a batch
+    of rows.
     """
     scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
     weights = scores.float().masked_fill(~mask, float("-inf")).softmax(dim=-1).to(v.dtype)

@@ -34,7 +34,7 @@ import torch
 from tokenizers import Tokenizer
 
 from src.config_utils import ConfigError
-from src.data.atomic_files import atomic_output
+from src.atomic_files import atomic_output
 from src.data.tokenizer import (
     EOS_TOKEN,
     TokenizerError,
@@ -51,7 +51,7 @@ FORMAT_VERSION = 1
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
 DEMO_CHECKPOINT = CHECKPOINT_DIR / "demo" / "tinystories_demo.pth"
-BEST_CHECKPOINT_PATTERN = re.compile(r"checkpoint_best_ppl_(\d+(?:\.\d+)?)\.pth$")
+BEST_CHECKPOINT_PATTERN = re.compile(r"checkpoint_best_ppl_(\d+(?:\.\d+)?)\.pth$")  # what best_name writes
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
@@ -335,6 +335,11 @@ def compact_checkpoint(source: str | Path, output: str | Path, dtype: torch.dtyp
     start = None if loaded.story_start_id is None else loaded.tokenizer.id_to_token(loaded.story_start_id)
     return save_checkpoint(output, loaded.model, loaded.tokenizer, config=config, metrics=metrics,
                            weights_dtype=dtype, eos_token=eos, story_start_token=start)
+
+
+def best_name(ppl: float) -> str:
+    """The file name of a run's best checkpoint at validation perplexity `ppl`."""
+    return f"checkpoint_best_ppl_{ppl:.2f}.pth"
 
 
 def find_best_checkpoint(directory: str | Path) -> Path | None:

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from src.data.atomic_files import atomic_output
+from src.atomic_files import atomic_output
 from src.data.tokenizer import PAD_TOKEN
 from src.model.checkpoint import CheckpointError, LoadedModel, load_model
 from src.model.config import ModelConfig
 from src.model.hf_convert import to_hf_state_dict
-from src.model.llama2c import halves_to_interleaved
+from src.model.rope import halves_to_interleaved
 
 GGUF_DTYPES = ("f32", "f16", "q8_0")
 ARCH = "llama"
@@ -59,28 +59,24 @@ def tensor_name(kind: str, layer: int | None = None) -> str:
     return (name.format(bid=layer) if layer is not None else name) + ".weight"
 
 
+# Hugging Face Llama's per-layer names -> the gguf package's tensor kinds
+HF_TO_GGUF = {"input_layernorm": "ATTN_NORM", "self_attn.q_proj": "ATTN_Q", "self_attn.k_proj": "ATTN_K",
+              "self_attn.v_proj": "ATTN_V", "self_attn.o_proj": "ATTN_OUT", "post_attention_layernorm": "FFN_NORM",
+              "mlp.gate_proj": "FFN_GATE", "mlp.up_proj": "FFN_UP", "mlp.down_proj": "FFN_DOWN"}
+
+
 def gguf_tensors(model_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, np.ndarray]:
-    """Our weights under llama.cpp's names, float32, PyTorch (out, in) layout, q/k permuted."""
+    """Our weights under llama.cpp's names, through HF's: float32, PyTorch (out, in) layout, and
+    q/k rows in llama.cpp's interleaved RoPE layout."""
     hf = to_hf_state_dict(model_state, config)
-    out = {
-        tensor_name("TOKEN_EMBD"): hf["model.embed_tokens.weight"],
-        tensor_name("OUTPUT_NORM"): hf["model.norm.weight"],
-    }
+    out = {tensor_name("TOKEN_EMBD"): hf["model.embed_tokens.weight"], tensor_name("OUTPUT_NORM"): hf["model.norm.weight"]}
     if not config.tie_embeddings:
         out[tensor_name("OUTPUT")] = hf["lm_head.weight"]
+    heads = {"self_attn.q_proj": config.n_heads, "self_attn.k_proj": config.kv_heads}
     for i in range(config.n_layers):
-        theirs = f"model.layers.{i}."
-        out.update({
-            tensor_name("ATTN_NORM", i): hf[theirs + "input_layernorm.weight"],
-            tensor_name("ATTN_Q", i): halves_to_interleaved(hf[theirs + "self_attn.q_proj.weight"], config.n_heads),
-            tensor_name("ATTN_K", i): halves_to_interleaved(hf[theirs + "self_attn.k_proj.weight"], config.kv_heads),
-            tensor_name("ATTN_V", i): hf[theirs + "self_attn.v_proj.weight"],
-            tensor_name("ATTN_OUT", i): hf[theirs + "self_attn.o_proj.weight"],
-            tensor_name("FFN_NORM", i): hf[theirs + "post_attention_layernorm.weight"],
-            tensor_name("FFN_GATE", i): hf[theirs + "mlp.gate_proj.weight"],
-            tensor_name("FFN_UP", i): hf[theirs + "mlp.up_proj.weight"],
-            tensor_name("FFN_DOWN", i): hf[theirs + "mlp.down_proj.weight"],
-        })
+        for name, kind in HF_TO_GGUF.items():
+            weight = hf[f"model.layers.{i}.{name}.weight"]
+            out[tensor_name(kind, i)] = halves_to_interleaved(weight, heads[name]) if name in heads else weight
     return {name: tensor.detach().to(torch.float32).cpu().contiguous().numpy() for name, tensor in out.items()}
 
 

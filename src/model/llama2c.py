@@ -50,6 +50,8 @@ from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, 
 from src.config_utils import ConfigError
 from src.model.checkpoint import CheckpointError, save_checkpoint
 from src.model.config import ModelConfig
+from src.model.hf_convert import from_hf_state_dict
+from src.model.rope import interleaved_to_halves
 from src.model.transformer_block import WikiMiniModel
 
 MAGIC = 0x616B3432  # "ak42"
@@ -57,7 +59,7 @@ HEADER_BYTES = 256  # v1 and v2 headers
 LEGACY_HEADER = struct.Struct("<7i")
 VERSIONED_HEADER = struct.Struct("<Ii7iB")
 MAX_DIM = 1 << 20  # a legacy header with larger numbers is not a llama2.c header
-BOS_TOKEN, EOS_TOKEN = "<s>", "</s>"  # llama2.c: ids 1 and 2 in its SentencePiece vocabularies
+SP_BOS, SP_EOS = "<s>", "</s>"  # SentencePiece's story start and end: ids 1 and 2 in llama2.c's vocabularies
 
 
 @dataclass(frozen=True)
@@ -219,20 +221,6 @@ def read_llama2c(path: str | Path) -> tuple[Llama2cHeader, dict[str, torch.Tenso
     return header, weights
 
 
-def interleaved_to_halves(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Permute the rows of a q or k projection from llama2.c's RoPE layout (rotating pairs
-    2i, 2i+1 of each head) to the rotate-half layout (rotating i, i + head_dim/2): per head,
-    the even rows, then the odd rows. The same permutation as llama2.c's export to HF."""
-    rows, cols = weight.shape
-    return weight.reshape(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
-
-
-def halves_to_interleaved(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """The inverse of `interleaved_to_halves` (what llama.cpp's converter does to HF weights)."""
-    rows, cols = weight.shape
-    return weight.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
-
-
 def model_config(header: Llama2cHeader) -> ModelConfig:
     try:
         return ModelConfig(
@@ -251,26 +239,24 @@ def model_config(header: Llama2cHeader) -> ModelConfig:
         raise CheckpointError(f"this llama2.c model does not fit WikiMiniModel: {exc}") from None
 
 
+# llama2.c's per-layer names -> Hugging Face Llama's (the one map to our names is in hf_convert)
+LLAMA2C_TO_HF = {"wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj",
+                 "wo": "self_attn.o_proj", "w1": "mlp.gate_proj", "w3": "mlp.up_proj", "w2": "mlp.down_proj",
+                 "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+
+
 def to_state_dict(header: Llama2cHeader, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """llama2.c weights -> our state dict (q/k rows permuted to the rotate-half layout)."""
-    state = {
-        "tok_embeddings.weight": weights["tok_embeddings"],
-        "norm.weight": weights["norm"],
-        "output.weight": weights["output"],
-    }
+    """llama2.c weights -> our state dict, through HF's names (q/k rows permuted to the rotate-half layout)."""
+    hf = {"model.embed_tokens.weight": weights["tok_embeddings"], "model.norm.weight": weights["norm"],
+          "lm_head.weight": weights["output"]}
+    heads = {"wq": header.n_heads, "wk": header.n_kv_heads}
     for i in range(header.n_layers):
-        theirs, ours = f"layers.{i}.", f"layers.{i}."
-        q = interleaved_to_halves(weights[theirs + "wq"], header.n_heads)
-        k = interleaved_to_halves(weights[theirs + "wk"], header.n_kv_heads)
-        state.update({
-            ours + "attention.qkv_proj.weight": torch.cat((q, k, weights[theirs + "wv"])),
-            ours + "attention.out_proj.weight": weights[theirs + "wo"],
-            ours + "feed_forward.gate_up_proj.weight": torch.cat((weights[theirs + "w1"], weights[theirs + "w3"])),
-            ours + "feed_forward.down_proj.weight": weights[theirs + "w2"],
-            ours + "attention_norm.weight": weights[theirs + "attention_norm"],
-            ours + "ffn_norm.weight": weights[theirs + "ffn_norm"],
-        })
-    return state
+        for theirs, name in LLAMA2C_TO_HF.items():
+            weight = weights[f"layers.{i}.{theirs}"]
+            if theirs in heads:
+                weight = interleaved_to_halves(weight, heads[theirs])
+            hf[f"model.layers.{i}.{name}.weight"] = weight
+    return from_hf_state_dict(hf, model_config(header))
 
 
 def load_llama2c_model(path: str | Path) -> tuple[WikiMiniModel, Llama2cHeader]:
@@ -310,7 +296,7 @@ def sentencepiece_tokenizer(model_file: str | Path) -> Tokenizer:
     tokenizer = hf_tokenizer.backend_tokenizer
     if tokenizer.get_vocab_size() != len(proto.pieces):
         raise CheckpointError(f"converting {model_file} gave {tokenizer.get_vocab_size()} tokens, expected {len(proto.pieces)}")
-    for token, expected in ((BOS_TOKEN, 1), (EOS_TOKEN, 2)):
+    for token, expected in ((SP_BOS, 1), (SP_EOS, 2)):
         if tokenizer.token_to_id(token) != expected:
             raise CheckpointError(f"{model_file}: {token} has id {tokenizer.token_to_id(token)}, llama2.c expects {expected}")
     # SentencePiece's own normalization, which the converter leaves out: spaces at either end
@@ -330,7 +316,7 @@ def sentencepiece_tokenizer(model_file: str | Path) -> Tokenizer:
 
 
 def import_llama2c(model_file: str | Path, tokenizer_file: str | Path, output: str | Path,
-                   eos_token: str = BOS_TOKEN) -> Path:
+                   eos_token: str = SP_BOS) -> Path:
     """llama2.c `.bin` + SentencePiece `.model` -> our checkpoint (fp32). A story starts after
     BOS and ends at `eos_token` (default BOS as well, see the module docstring)."""
     model, header = load_llama2c_model(model_file)
@@ -344,4 +330,4 @@ def import_llama2c(model_file: str | Path, tokenizer_file: str | Path, output: s
         )
     source = {"imported_from": str(model_file), "tokenizer": str(tokenizer_file), "format": f"llama2.c v{header.version}"}
     return save_checkpoint(output, model, tokenizer, config={"source": source}, eos_token=eos_token,
-                           story_start_token=BOS_TOKEN)
+                           story_start_token=SP_BOS)

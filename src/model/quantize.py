@@ -7,7 +7,7 @@ CPU's L3 cache. Activations stay bf16; the matmul is PyTorch's own int8-weight k
 (`aten._weight_int8pack_mm`, the one torchao uses for int8 weight-only on CPU).
 
 The int8 kernel is a matrix-vector kernel: past a few rows (prefill, a batch of streams) a dense
-matmul is faster (int8 wins up to 4 rows, dense from 8, on both CPUs this project measured).
+matmul is faster (`bench/bench_decode.py` shows where).
 So each layer also keeps its dequantized weight and picks by the number of rows; both paths use
 the same quantized values. The dense copy is bf16 where the CPU multiplies bf16 natively and
 fp32 elsewhere, where a bf16 matmul is emulated and several times slower than fp32.

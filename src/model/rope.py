@@ -29,3 +29,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     cos = cos.to(x.dtype)
     sin = sin.to(x.dtype)
     return x * cos + rotate_half(x) * sin
+
+
+def interleaved_to_halves(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Permute the rows of a q or k projection from the interleaved RoPE layout of llama2.c and
+    llama.cpp (rotating pairs 2i, 2i+1 of each head) to the rotate-half layout (rotating i and
+    i + head_dim/2): per head, the even rows, then the odd rows (llama2.c's export to HF does this)."""
+    rows, cols = weight.shape
+    return weight.reshape(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def halves_to_interleaved(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of `interleaved_to_halves` (what llama.cpp's converter does to HF weights)."""
+    rows, cols = weight.shape
+    return weight.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)

@@ -18,7 +18,6 @@ from src.model.config import ModelConfig
 from src.model.kv_cache import KVCache
 from src.model.rope import rope_cos_sin
 
-IGNORE_INDEX = -100  # targets with this value add nothing to the loss
 
 
 class RMSNorm(nn.Module):
@@ -165,7 +164,6 @@ class WikiMiniModel(nn.Module):
         logits = self.output(x)
         if targets is None:
             return logits
-        loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
-        )
+        # targets of -100 (src.losses.IGNORE_INDEX: padding) are skipped, cross_entropy's default
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss

@@ -31,7 +31,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
-from src.generation.batch import Request
+from src.generation.batch import Request as DecodeRequest
 from src.generation.engine import Generator
 from src.generation.scoring import TokenScores, score_tokens
 from src.generation.presets import PRESETS, SamplingParams
@@ -233,7 +233,7 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
         """Text deltas, then the GenerationResult. Waits for a slot first; frees it however it ends."""
         async with ticket:
             seed = generator.seed_for(params)
-            request = Request(prompt.window, prompt.ids, params, seed)
+            request = DecodeRequest(prompt.window, prompt.ids, params, seed)
             text = generator.story_text(prompt.text, prompt.ids, seed, stops)
             tokens = engine.submit(request)
             metrics.requests.inc()

@@ -5,13 +5,11 @@ request's token ids, then `Finished(reason)`, or an exception if decoding failed
 
 `ProcessEngine` (the default on CPU) runs the DecodeLoop in a child process. On a thread, the
 decode loop and the event loop share one GIL: every PyTorch op releases it, and while the event
-loop is busy (a burst of requests arriving) the decode thread waits for it after each op.
-Measured on 2 cores under a burst of 32 streams, one prefill took 26 ms instead of 5-8 ms and a
-decode step 16-21 ms instead of 10 ms. A separate process has its own GIL; the event loop only
-reads one small message per step from a pipe.
+loop is busy (a burst of requests arriving) the decode thread waits for it after each op, so
+prefills and steps stretch out under load. A separate process has its own GIL; the event loop
+only reads one small message per step from a pipe.
 
-`ThreadEngine` keeps everything in one process: the default on CUDA, where the process engine
-has not been measured.
+`ThreadEngine` keeps everything in one process: the default on CUDA and Windows.
 """
 
 from __future__ import annotations
@@ -381,7 +379,7 @@ def run_decode_process(conn: Connection, model: WikiMiniModel, eos_id: int | Non
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which then closes us
     if threads is not None:
         torch.set_num_threads(threads)
-    # The model arrives in shared memory; decoding from a private copy measured 1.4x faster per
+    # The model arrives in shared memory; decoding from a private copy is faster per step
     # step here (shared-memory pages are not backed by transparent huge pages).
     loop = DecodeLoop(copy.deepcopy(model), eos_id, slots, compile_decode)
     del model

@@ -16,11 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from src.model.checkpoint import best_name
+
 LATEST_NAME = "checkpoint_latest.pth"
-
-
-def best_name(ppl: float) -> str:
-    return f"checkpoint_best_ppl_{ppl:.2f}.pth"
 
 
 class BestCheckpoints:

@@ -8,15 +8,14 @@ depend on the rank count.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from src.data.batches import bits_per_byte
 from src.evaluation.heldout import sum_nats
+from src.losses import bits_per_byte, perplexity
 from src.training.distributed import DistInfo, all_reduce_sum
 from src.training.precision import Precision
 
@@ -28,7 +27,7 @@ class EvalResult:
 
     @property
     def ppl(self) -> float:
-        return math.exp(min(self.loss, 700.0))  # exp overflows float past ~709
+        return perplexity(self.loss)
 
 
 def evaluate(

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from src.data.atomic_files import atomic_output, atomic_write_text
+from src.atomic_files import atomic_output, atomic_write_text
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

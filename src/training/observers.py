@@ -17,7 +17,7 @@ import torch
 from tokenizers import Tokenizer
 
 from src.config_utils import ConfigError
-from src.data.atomic_files import atomic_write_text
+from src.atomic_files import atomic_write_text
 from src.training.config import LoggingConfig
 
 

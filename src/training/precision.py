@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from src.device import DTYPES, native_bf16_cpu
+from src.device import DTYPES, bf16_supported
 
 
 @dataclass(frozen=True)
@@ -30,14 +30,6 @@ class Precision:
         """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         A disabled scaler passes everything through, so the step has no branches for it."""
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "fp16")
-
-
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device) >= (8, 0)  # Ampere and newer
-    if device.type == "cpu":
-        return native_bf16_cpu()
-    return False
 
 
 def choose_precision(requested: str, device: torch.device) -> tuple[Precision, str | None]:

@@ -190,8 +190,9 @@ class Preflight:
         return Check("output dir", PASS, f"{out} is writable{note}")
 
     def check_accelerators(self) -> list[Check]:
+        from src.device import bf16_supported
         from src.training.compile import compile_wanted
-        from src.training.precision import bf16_supported, choose_precision
+        from src.training.precision import choose_precision
 
         checks = []
         if torch.cuda.is_available():

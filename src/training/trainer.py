@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from src.config_utils import ConfigError
-from src.data.atomic_files import remove_stale_temps
+from src.atomic_files import remove_stale_temps
 from src.data.tokenizer import EOS_TOKEN, load_tokenizer, tokenizer_sha256
 from src.model.checkpoint import CheckpointError, checkpoint_tokenizer, load_checkpoint, save_checkpoint
 from src.model.config import ModelConfig
