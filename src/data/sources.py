@@ -273,9 +273,9 @@ class HubDataset:
         except Exception as exc:  # network, unknown dataset or split, ...: one clear line
             message = str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
             raise DataSourceError(
-                f"cannot read {where}: {message}. Without network access, pass a local file instead"
-                f" (e.g. TinyStories-{'valid' if 'valid' in self.split else 'train'}.txt); setting"
-                " HF_HUB_OFFLINE=1 makes this fail at once instead of retrying."
+                f"cannot read {where}: {message}. Without network access, use local files instead, e.g."
+                " train.py --set data.train='path/to/train*.txt' --set data.val=path/to/valid.txt (other"
+                " commands: --data path/to/valid.txt); HF_HUB_OFFLINE=1 makes this fail at once instead of retrying."
             ) from None
 
     def fingerprint(self) -> str:
