@@ -188,7 +188,7 @@ def test_a_non_streaming_completion_whose_worker_dies_gets_503_with_retry_after(
         thread = threading.Thread(target=complete)
         thread.start()
         deadline = time.monotonic() + 30
-        while not engine._queues and time.monotonic() < deadline:
+        while not engine.streams and time.monotonic() < deadline:
             time.sleep(0.001)
         engine._process.kill()
         thread.join(30)

@@ -151,50 +151,58 @@ class DecodeBatch:
             raise ValueError(f"{len(requests)} requests for {self.free_slots} free slots")
         if not requests:
             return []
-        # Identical windows (many stories start "Once upon a time") are computed once: one
-        # request per window leads, prefilled or restored from the prefix cache; the others copy
-        # its keys/values and logits. Rows: leaders to prefill, cached leaders, then the copies.
+        requests, windows, source = self._by_window(requests)
+        start = len(self.requests)
+        self._mark_prompt_tokens(requests, start)
+        logits = self._fill_leader_rows(start, windows)[torch.tensor(source, device=self.device)]
+        copies = [(start + row, start + leader) for row, leader in enumerate(source) if row != leader]
+        if copies:  # the other requests of a window copy its leader's keys/values
+            targets, sources = (torch.tensor(c, device=self.device) for c in zip(*copies))
+            self.cache.copy_rows(sources, targets, span=max(len(w) for w in windows))
+            for target, leader in copies:
+                self.lengths[target] = self.lengths[leader]
+        settings = RowSettings.of([r.params for r in requests], self.device)
+        tokens = sample_tokens(logits, settings, [r.rng for r in requests], self.seen[start:start + len(requests)])
+        self.requests.extend(requests)
+        self._settings = None
+        return self._record(requests, start, tokens)
+
+    def _by_window(self, requests: list[Request]) -> tuple[list[Request], list[tuple[int, ...]], list[int]]:
+        """Identical windows (many stories start "Once upon a time") are computed once: one
+        request per window leads. Returns the requests in row order (leaders whose window must be
+        prefilled, leaders found in the prefix cache, then the rest), the leaders' windows in
+        that order, and for each row the row of its leader (relative to the first new row)."""
         window_of = {id(r): tuple(r.window_ids[-self.keep:]) for r in requests}
         first_by_window: dict[tuple[int, ...], Request] = {}
         for request in requests:
             first_by_window.setdefault(window_of[id(request)], request)
         leaders = sorted(first_by_window.values(), key=lambda r: window_of[id(r)] in self.prefix_cache)
-        followers = [r for r in requests if r not in leaders]
-        requests = leaders + followers
-        unique = [window_of[id(r)] for r in leaders]
-        source = [unique.index(window_of[id(r)]) for r in requests]  # the row each one copies
-        to_prefill = [w for w in unique if w not in self.prefix_cache]
+        ordered = leaders + [r for r in requests if r not in leaders]
+        windows = [window_of[id(r)] for r in leaders]
+        return ordered, windows, [windows.index(window_of[id(r)]) for r in ordered]
 
-        start = len(self.requests)
-        rows = slice(start, start + len(requests))
-        self.seen[rows] = False
+    def _mark_prompt_tokens(self, requests: list[Request], start: int) -> None:
+        """The repetition penalty's memory of each new row: its prompt tokens."""
+        self.seen[start:start + len(requests)] = False
         pairs = [(row, token) for row, r in enumerate(requests, start) for token in r.penalty_ids]
         if pairs:
             self.seen[tuple(torch.tensor(pairs, device=self.device).T)] = True
-        # restore before storing: a store may evict an entry this admission is about to use
+
+    def _fill_leader_rows(self, start: int, windows: list[tuple[int, ...]]) -> torch.Tensor:
+        """Write each window's keys/values into rows start, start+1, ...: from the prefix cache
+        where it has them, else by one prefill (then kept there). Returns the logits after each
+        window (n, V). Cached rows are restored first: a store may evict an entry still needed."""
+        to_prefill = [w for w in windows if w not in self.prefix_cache]
         restored = []
-        for row, window in enumerate(unique[len(to_prefill):], start + len(to_prefill)):
+        for row, window in enumerate(windows[len(to_prefill):], start + len(to_prefill)):
             restored.append(self.prefix_cache.restore(window, self.cache, row))
             self.lengths[row] = len(window)
-        leader_logits = []
+        prefilled = []
         if to_prefill:
-            prefilled = self._prefill(start, [list(w) for w in to_prefill], want_logits=True)
-            leader_logits += list(prefilled)
+            prefilled = list(self._prefill(start, [list(w) for w in to_prefill], want_logits=True))
             for offset, window in enumerate(to_prefill):
                 self.prefix_cache.store(window, self.cache, start + offset, prefilled[offset])
-        leader_logits += restored
-        copies = [(start + offset, start + src) for offset, src in enumerate(source) if offset != src]
-        if copies:
-            targets, sources = (torch.tensor(c, device=self.device) for c in zip(*copies))
-            self.cache.copy_rows(sources, targets, span=max(len(w) for w in unique))
-            for target, src in copies:
-                self.lengths[target] = self.lengths[src]
-        logits = torch.stack(leader_logits)[torch.tensor(source, device=self.device)]
-        settings = RowSettings.of([r.params for r in requests], self.device)
-        tokens = sample_tokens(logits, settings, [r.rng for r in requests], self.seen[rows])
-        self.requests.extend(requests)
-        self._settings = None
-        return self._record(requests, start, tokens)
+        return torch.stack(prefilled + restored)
 
     def _prefill(self, start: int, windows: list[list[int]], want_logits: bool = False) -> torch.Tensor | None:
         """Write each window's keys/values into rows start, start+1, ...; optionally return the

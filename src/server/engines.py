@@ -22,6 +22,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 import torch
@@ -47,6 +48,46 @@ class DecodeError(RuntimeError):
 class EngineUnavailable(DecodeError):
     """The decode worker died, hung, is restarting or the server is shutting down: nothing was
     wrong with the request, and the same request can be retried shortly (HTTP 503)."""
+
+
+class OpenStreams:
+    """The requests an engine is decoding, each under a key, with the function that hands the
+    request's items to its stream. A stream closes with its last item (Finished or an error)."""
+
+    def __init__(self) -> None:
+        self._streams: dict[int, tuple[Request, Callable[[object], None]]] = {}
+        self._keys: dict[Request, int] = {}
+        self._next_key = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def open(self, request: Request, deliver: Callable[[object], None]) -> int:
+        key = next(self._next_key)
+        self._streams[key] = (request, deliver)
+        self._keys[request] = key
+        return key
+
+    def key(self, request: Request) -> int | None:
+        return self._keys.get(request)
+
+    def keys(self) -> list[int]:
+        return list(self._streams)
+
+    def deliver(self, key: int, item: object) -> None:
+        """Hand `item` to the stream under `key` (if still open); a last item closes it."""
+        last = isinstance(item, (Finished, BaseException))
+        stream = self._streams.pop(key, None) if last else self._streams.get(key)
+        if stream is None:
+            return
+        if last:
+            self._keys.pop(stream[0], None)
+        stream[1](item)
+
+    def end_all(self, error: BaseException) -> None:
+        """Close every open stream with `error`."""
+        for key in self.keys():
+            self.deliver(key, error)
 
 
 class ThreadToLoopRelay:
@@ -90,8 +131,8 @@ class ThreadEngine:
         self.relay = ThreadToLoopRelay()
         self.failure: str | None = None
         self.restart_times: list[float] = []  # a thread is never restarted; here for /health's sake
-        self._senders: dict[int, object] = {}  # by id(request), until its last item
-        self._inbox: collections.deque[tuple[str, Request]] = collections.deque()
+        self.streams = OpenStreams()
+        self._inbox: collections.deque[tuple[str, int | None, Request | None]] = collections.deque()
         self._wake = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -121,8 +162,8 @@ class ThreadEngine:
         with self._wake:
             if self._closed:
                 raise EngineUnavailable("the server is shutting down")
-            self._senders[id(request)] = self.relay.sender(queue)
-            self._inbox.append(("submit", request))
+            key = self.streams.open(request, self.relay.sender(queue))
+            self._inbox.append(("submit", key, request))
             self._start_thread()
             self._wake.notify()
         return queue
@@ -130,18 +171,18 @@ class ThreadEngine:
     def cancel(self, request: Request) -> None:
         """Stop a request at the next step (a client went away); harmless once it is done."""
         with self._wake:
-            self._inbox.append(("cancel", request))
-            self._wake.notify()
+            key = self.streams.key(request)
+            if key is not None:
+                self._inbox.append(("cancel", key, request))
+                self._wake.notify()
 
     def end_streams(self, message: str) -> None:
         """End every open stream now with EngineUnavailable(message) (the server is stopping)."""
         with self._wake:
             self._closed = True
-            senders, self._senders = list(self._senders.values()), {}
-            self._inbox.append(("cancel_all", None))
+            self._inbox.append(("cancel_all", None, None))
             self._wake.notify()
-        for send in senders:
-            send(EngineUnavailable(message))
+            self.streams.end_all(EngineUnavailable(message))
 
     def close(self) -> None:
         """Stop the decode thread; streams still open end with an error, as ProcessEngine's do."""
@@ -157,22 +198,20 @@ class ThreadEngine:
             messages = list(self._inbox)
             self._inbox.clear()
             closed = self._closed
-        for kind, request in messages:
+        for kind, key, request in messages:
             if kind == "submit":
-                self.loop.add(id(request), request)
+                self.loop.add(key, request)
             elif kind == "cancel":
-                self._deliver(self.loop.cancel(id(request)))
+                self._deliver(self.loop.cancel(key))
             else:
-                for key in list(self.loop.by_key):
-                    self.loop.cancel(key)
+                for open_key in list(self.loop.by_key):
+                    self.loop.cancel(open_key)
         return not closed
 
     def _deliver(self, events: list) -> None:
-        for key, item in events:
-            last = isinstance(item, (Finished, BaseException))
-            send = self._senders.pop(key, None) if last else self._senders.get(key)
-            if send is not None:
-                send(item)
+        with self._wake:
+            for key, item in events:
+                self.streams.deliver(key, item)
 
 
 class ProcessEngine:
@@ -202,10 +241,7 @@ class ProcessEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchdog: asyncio.Task | None = None
         self._last_progress = 0.0  # monotonic time of the child's last message, or of the first request
-        self._queues: dict[int, asyncio.Queue] = {}  # by key, while the request is decoding
-        self._keys: dict[Request, int] = {}
-        self._requests: dict[int, Request] = {}
-        self._next_key = itertools.count()
+        self.streams = OpenStreams()
         self._closing = False
         self.failure: str | None = None  # set once the decode process is gone for good
 
@@ -235,19 +271,16 @@ class ProcessEngine:
         if self.failure is not None:
             raise EngineUnavailable(self.failure)
         self.start()
-        if not self._queues:
+        if not self.streams:
             self._last_progress = time.monotonic()  # the watchdog's clock starts with the work
-        key = next(self._next_key)
         queue: asyncio.Queue = asyncio.Queue()
-        self._queues[key] = queue
-        self._keys[request] = key
-        self._requests[key] = request
+        key = self.streams.open(request, queue.put_nowait)
         self._send(("submit", key, request.window_ids, request.penalty_ids, request.params, request.seed))
         return queue
 
     def cancel(self, request: Request) -> None:
         """Stop a request (a client went away); harmless once it is done or the process is gone."""
-        key = self._keys.get(request)
+        key = self.streams.key(request)
         if key is not None and self.failure is None:
             try:
                 self._send(("cancel", key))
@@ -258,14 +291,13 @@ class ProcessEngine:
         """End every open stream now with EngineUnavailable(message), and refuse new ones (the
         server is stopping); the child drops their rows."""
         self._closing = True
-        for key in list(self._queues):
-            self._queues[key].put_nowait(EngineUnavailable(message))
+        for key in self.streams.keys():
+            self.streams.deliver(key, EngineUnavailable(message))
             if self.failure is None and self._conn is not None:
                 try:
                     self._conn.send(("cancel", key))
                 except OSError:
                     pass
-            self._forget(key)
 
     def close(self) -> None:
         if self._watchdog is not None:
@@ -307,15 +339,8 @@ class ProcessEngine:
                 if isinstance(message, tuple):  # ("state", decode_step): the child is up
                     self.ready, self.decode_step = True, message[1]
                     continue
-                for key, item in message:
-                    queue = self._queues.get(key)
-                    if queue is None:
-                        continue
-                    if isinstance(item, int):
-                        queue.put_nowait(item)
-                        continue
-                    self._forget(key)
-                    queue.put_nowait(item if isinstance(item, Finished) else DecodeError(item))
+                for key, item in message:  # an error arrives as its message
+                    self.streams.deliver(key, DecodeError(item) if isinstance(item, str) else item)
         except (EOFError, OSError):
             self._on_child_exit()
 
@@ -327,7 +352,7 @@ class ProcessEngine:
             await asyncio.sleep(min(1.0, self.step_timeout_s / 4))
             silent = time.monotonic() - self._last_progress
             limit = self.step_timeout_s if self.ready else max(self.step_timeout_s, START_TIMEOUT_S)
-            if self._process is not None and self.failure is None and self._queues and silent > limit:
+            if self._process is not None and self.failure is None and self.streams and silent > limit:
                 log.error("the decode process has had work but sent nothing for %.0f s; killing it", silent)
                 self._process.kill()
                 self._on_child_exit(f"the decode process stopped responding (nothing for {silent:.0f} s) and was killed")
@@ -336,7 +361,7 @@ class ProcessEngine:
         """Fail the streams it was decoding, then start a new decode process, within a limit."""
         self._process.join(timeout=1)
         message = message or f"the decode process exited (exit code {self._process.exitcode})"
-        in_flight = len(self._queues)
+        in_flight = len(self.streams)
         now = time.monotonic()
         self.restart_times = [t for t in self.restart_times if now - t < RESTART_WINDOW_S]
         if len(self.restart_times) >= self.max_restarts:
@@ -353,23 +378,13 @@ class ProcessEngine:
         self._process = self._conn = None
         self.start()
 
-    def _forget(self, key: int) -> None:
-        self._queues.pop(key, None)
-        request = self._requests.pop(key, None)
-        if request is not None:
-            self._keys.pop(request, None)
-
     def _fail(self, message: str) -> None:
         if self.failure is None:
             self.failure = message
         self.ready = False
         if self._loop is not None and self._conn is not None:
             self._loop.remove_reader(self._conn.fileno())
-        for queue in self._queues.values():
-            queue.put_nowait(EngineUnavailable(message))
-        self._queues.clear()
-        self._keys.clear()
-        self._requests.clear()
+        self.streams.end_all(EngineUnavailable(message))
 
 
 def run_decode_process(conn: Connection, model: WikiMiniModel, eos_id: int | None, slots: int,

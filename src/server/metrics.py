@@ -13,7 +13,7 @@ class ServerMetrics:
     def __init__(self, active: Callable[[], float], queued: Callable[[], float]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("tinystories_generation_requests", "generations started", registry=self.registry)
-        self.prompt_tokens = Counter("tinystories_prompt_tokens", "prompt tokens received", registry=self.registry)
+        self.prompt_tokens = Counter("tinystories_prompt_tokens", "prompt tokens of generations", registry=self.registry)
         self.generated_tokens = Counter("tinystories_generated_tokens", "tokens generated", registry=self.registry)
         self.scored_tokens = Counter("tinystories_scored_tokens", "tokens scored for logprobs/echo",
                                      registry=self.registry)

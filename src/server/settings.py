@@ -23,7 +23,7 @@ class ServerSettings:
     max_queue: int = 32  # requests allowed to wait for a slot; beyond that, 503
     access_log: bool = False  # uvicorn's per-request log lines
     threads: int | None = None  # CPU threads for decoding; None: all cores but one (the event loop's)
-    engine: str = "auto"  # where decoding runs: "process", "thread", or "auto" (see app.make_engine)
+    engine: str = "auto"  # where decoding runs: "process", "thread", or "auto" (see service.make_engine)
     compile_decode: bool = False  # torch.compile the decode step in the background (run_ui.py: on)
     allowed_hosts: tuple[str, ...] = ("*",)  # Host headers answered; run_ui.py: the bound host's names
     step_timeout_s: float = STEP_TIMEOUT_S  # a decode process silent this long with work is killed and restarted

@@ -147,22 +147,31 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
 class Trainer:
     def __init__(self, config: TrainConfig, info: DistInfo, device: torch.device, resume: str | None) -> None:
         self.config, self.info, self.device = config, info, device
-        cfg = config.training
-        self.output_dir = Path(cfg.output_dir)
+        self.output_dir = Path(config.training.output_dir)
         self.bar: tqdm | None = None
         resume_path = resolve_resume(resume, self.output_dir)
         if resume == "auto" and resume_path is None:
             self.log(f"--resume auto: no {LATEST_NAME} in {self.output_dir}; starting a new run")
-
-        # Precision and kernels
-        self.precision, warning = choose_precision(cfg.precision, device)
+        self.precision, warning = choose_precision(config.training.precision, device)
         if warning:
             self.warn(warning)
         enable_tf32()
         self.scaler = self.precision.grad_scaler()
+        self._build_model(fine_tune=resume_path is None)
+        self._load_data()
+        self._build_optimizer()
+        self._reset_run_state()
+        if resume_path is not None:
+            self.load_training_state(resume_path)
+        self._wrap_model()
+        self._open_logs()
+        self.log_setup(resume_path)
 
-        # Tokenizer and model (a fine-tune takes both from its checkpoint)
-        start = load_init_checkpoint(config) if cfg.init_from else None  # on resume: its shape and tokenizer
+    def _build_model(self, fine_tune: bool) -> None:
+        """Tokenizer and model; a fine-tune takes both from its checkpoint (a resume only its shape
+        and tokenizer: the weights come from the resumed checkpoint)."""
+        config, cfg = self.config, self.config.training
+        start = load_init_checkpoint(config) if cfg.init_from else None
         self.tokenizer = start.tokenizer if start is not None else load_tokenizer(config.data.tokenizer)
         vocab = self.tokenizer.get_vocab_size()
         if vocab > config.model.vocab_size:
@@ -174,48 +183,51 @@ class Trainer:
             self.warn(f"tokenizer has {vocab} tokens, model.vocab_size is {config.model.vocab_size} (unused rows)")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = WikiMiniModel(config.model)
-        if start is not None and resume_path is None:
+        if start is not None and fine_tune:
             self.model.load_state_dict(start.weights)  # copied into fp32 parameters whatever their dtype
             self.log(f"initialized from {cfg.init_from} (fresh optimizer and schedule)")
-        self.model.to(device)
+        self.model.to(self.device)
         self.seq_len = config.model.max_seq_len
 
-        # Data
-        eval_batch_size = cfg.eval_batch_size or cfg.batch_size
+    def _load_data(self) -> None:
+        """Training batches and validation tokens, and the run's length in steps or minutes."""
+        cfg, info = self.config.training, self.info
+        self.eval_batch_size = cfg.eval_batch_size or cfg.batch_size
         # eval_batches per process: N processes with batch B score what one process with batch N*B does
-        max_val_windows = cfg.eval_batches * eval_batch_size * info.world_size if cfg.eval_batches else None
+        max_val_windows = cfg.eval_batches * self.eval_batch_size * info.world_size if cfg.eval_batches else None
         self.data = load_run_data(
-            config.data, self.tokenizer, self.seq_len, cfg.batch_size, cfg.seed, info, max_val_windows
+            self.config.data, self.tokenizer, self.seq_len, cfg.batch_size, cfg.seed, info, max_val_windows
         )
         self.batches = self.data.train
-        self.eval_batch_size = eval_batch_size
         self.tokens_per_step = cfg.batch_size * self.seq_len * cfg.grad_accum_steps * info.world_size
         self.budget_seconds = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
         if cfg.max_steps is not None or self.budget_seconds is not None:
             self.total_steps = cfg.max_steps  # None: the budget alone ends the run
-        else:
-            self.total_steps = int(cfg.epochs * self.batches.batches_per_epoch // cfg.grad_accum_steps)
-            if self.total_steps < 1:
-                raise ConfigError(
-                    f"{cfg.epochs} epoch(s) of {self.batches.batches_per_epoch} batches is less than one optimizer "
-                    f"step of {cfg.grad_accum_steps} micro-batches; add data, lower training.grad_accum_steps or "
-                    "set training.max_steps"
-                )
+            return
+        self.total_steps = int(cfg.epochs * self.batches.batches_per_epoch // cfg.grad_accum_steps)
+        if self.total_steps < 1:
+            raise ConfigError(
+                f"{cfg.epochs} epoch(s) of {self.batches.batches_per_epoch} batches is less than one optimizer "
+                f"step of {cfg.grad_accum_steps} micro-batches; add data, lower training.grad_accum_steps or "
+                "set training.max_steps"
+            )
 
-        # Optimizer and schedule
-        self.optimizer = build_optimizer(self.model, config.optimizer, device)
-        sched = config.scheduler
+    def _build_optimizer(self) -> None:
+        config, sched = self.config, self.config.scheduler
+        self.optimizer = build_optimizer(self.model, config.optimizer, self.device)
         self.schedule = LRSchedule(config.optimizer.lr, sched.min_lr, sched.warmup_steps,
                                    None if self.budget_seconds is not None else self.total_steps,
                                    sched.shape, sched.decay_fraction)
 
-        # Run state (restored on resume: see `resumable`)
+    def _reset_run_state(self) -> None:
+        """What a run counts as it goes (restored on resume: see `resumable`)."""
+        cfg, info = self.config.training, self.info
         self.step = 0
         self.tokens_seen = 0
         self.train_seconds = 0.0  # time spent in optimizer steps: what a budget counts
         self.compile_seconds = 0.0  # the first compiled step, left out of the budget
         self.last_train_loss: float | None = None
-        self.loss_sum = torch.zeros((), device=device)  # train loss since the last log record
+        self.loss_sum = torch.zeros((), device=self.device)  # train loss since the last log record
         self.loss_steps = 0
         self.early_stopping = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta)
         self.best = BestCheckpoints(self.output_dir, cfg.keep_best)
@@ -224,29 +236,29 @@ class Trainer:
                 self.log(f"removed {stale.name}, a partial save left by a process that was killed")
         self.rank_state = RankState(self)
         torch.manual_seed(cfg.seed + info.rank)  # dropout masks differ between ranks
-        if resume_path is not None:
-            self.load_training_state(resume_path)
 
-        # Compile, then DDP (the compiled DDP module is what torch documents for the pair)
+    def _wrap_model(self) -> None:
+        """Compile, then DDP (the compiled DDP module is what torch documents for the pair)."""
+        device = self.device
         self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None) \
-            if info.enabled else None
+            if self.info.enabled else None
         self.eager_model = self.ddp or self.model
         self.train_model = self.eager_model
         self.compile_pending = False
-        if compile_wanted(cfg.compile, device):
+        if compile_wanted(self.config.training.compile, device):
             compiled, warning = try_compile(self.eager_model)
             if warning:
                 self.warn(warning)
             if compiled is not None:
                 self.train_model, self.compile_pending = compiled, True
 
-        self.metrics = MetricsLog(self.output_dir / config.logging.metrics_file, resume_step=self.step) \
-            if info.is_main else None
-        log_cfg = config.logging
-        self.loggers = RunLoggers(log_cfg, self.output_dir, config.to_dict()) if info.is_main else None
+    def _open_logs(self) -> None:
+        """metrics.jsonl, TensorBoard / W&B and samples.jsonl, on the main process only."""
+        main, log_cfg = self.info.is_main, self.config.logging
+        self.metrics = MetricsLog(self.output_dir / log_cfg.metrics_file, resume_step=self.step) if main else None
+        self.loggers = RunLoggers(log_cfg, self.output_dir, self.config.to_dict()) if main else None
         self.samples = SampleLog(self.output_dir / SAMPLES_NAME, resume_step=self.step) \
-            if info.is_main and log_cfg.sample_max_tokens > 0 and log_cfg.sample_prompts else None
-        self.log_setup(resume_path)
+            if main and log_cfg.sample_max_tokens > 0 and log_cfg.sample_prompts else None
 
     # ------------------------------------------------------------------------------------------
     # The loop

@@ -1,0 +1,196 @@
+"""What every endpoint shares: the model, the slot limiter, the decode engine and the counters.
+
+`StoryService` checks prompts, admits requests (or says why not), runs one generation as text
+deltas, scores token sequences off the event loop, reports health, and ends every open stream
+properly when the server stops. The routes (`web_routes.py`, `openai_routes.py`) only translate
+HTTP to these calls and back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import anyio
+
+from src.generation.batch import Request
+from src.generation.engine import Generator
+from src.generation.presets import PRESETS, SamplingParams
+from src.generation.scoring import TokenScores, score_tokens
+from src.generation.text import GenerationResult
+from src.model.checkpoint import LoadedModel
+from src.server.completions import PromptTokens
+from src.server.decode_loop import Finished
+from src.server.engines import EngineUnavailable, ProcessEngine, ThreadEngine
+from src.server.limiter import ServerBusy, ShuttingDown, SlotLimiter, Ticket
+from src.server.metrics import ServerMetrics
+from src.server.settings import ServerSettings
+
+SHUTDOWN_MESSAGE = "the server is shutting down; retry the request shortly"
+
+
+class ApiError(Exception):
+    """A request the server answers with `status` and one message (in OpenAI's shape if `openai`)."""
+
+    def __init__(self, status: int, message: str, openai: bool = False) -> None:
+        super().__init__(message)
+        self.status, self.message, self.openai = status, message, openai
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether a failed generation says "try again shortly" (503), not "this request is wrong"."""
+    return isinstance(exc, (EngineUnavailable, ShuttingDown))
+
+
+def make_engine(loaded: LoadedModel, settings: ServerSettings) -> ProcessEngine | ThreadEngine:
+    """The decode engine `settings.engine` asks for. "auto" is a separate process on CPU, except
+    on Windows, whose default event loop cannot watch a pipe (`add_reader`)."""
+    on_cpu = loaded.model.tok_embeddings.weight.device.type == "cpu"
+    process_ok = on_cpu and sys.platform != "win32"
+    kind = settings.engine if settings.engine != "auto" else ("process" if process_ok else "thread")
+    if kind == "process":
+        return ProcessEngine(loaded.model, loaded.eos_id, settings.max_concurrent, settings.decode_threads(on_cpu),
+                             compile_decode=settings.compile_decode, step_timeout_s=settings.step_timeout_s)
+    return ThreadEngine(loaded.model, loaded.eos_id, settings.max_concurrent, settings.compile_decode)
+
+
+class StoryService:
+    def __init__(self, loaded: LoadedModel, settings: ServerSettings) -> None:
+        self.loaded = loaded
+        self.context = loaded.config.max_seq_len
+        self.model_id = loaded.path.stem
+        self.generator = Generator.from_loaded(loaded)
+        self.limiter = SlotLimiter(settings.max_concurrent, settings.max_queue)
+        self.engine = make_engine(loaded, settings)
+        self.metrics = ServerMetrics(active=lambda: self.limiter.active, queued=lambda: self.limiter.waiting)
+        self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")  # one prefill at a time
+        self.shutdown = anyio.Event()  # set by sse-starlette when uvicorn is told to stop
+        # No prompt longer than this many characters can fit the context, whatever its text.
+        self.max_prompt_chars = self.context * max(len(t) for t in loaded.tokenizer.get_vocab())
+        self._watcher: asyncio.Task | None = None
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """On the event loop: start the decode engine and the shutdown watcher."""
+        self.engine.start()
+        self._watcher = asyncio.get_running_loop().create_task(self._end_streams_on_shutdown())
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        self.scorer.shutdown(wait=False, cancel_futures=True)
+        self.engine.close()
+
+    async def _end_streams_on_shutdown(self) -> None:
+        """Queued and running generations end with an error event and [DONE], not a cut stream."""
+        await self.shutdown.wait()
+        self.limiter.shut_down(SHUTDOWN_MESSAGE)
+        self.engine.end_streams(SHUTDOWN_MESSAGE)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def check_prompt(self, prompt: str, openai: bool) -> list[int]:
+        """The prompt's token ids, once they are known to fit the context."""
+        status = 400 if openai else 422
+        if len(prompt) > self.max_prompt_chars:
+            raise ApiError(status, f"prompt is {len(prompt):,} characters; no prompt over {self.max_prompt_chars:,} "
+                           f"fits the model's context of {self.context} tokens", openai)
+        prompt_ids = self.generator.encode_prompt(prompt)
+        n_tokens = len(self.generator.story_prefix) + len(prompt_ids)
+        if n_tokens >= self.context:
+            raise ApiError(status, f"prompt is {n_tokens} tokens; the model's context is {self.context} tokens", openai)
+        return prompt_ids
+
+    def text_prompt(self, prompt: str, openai: bool) -> PromptTokens:
+        """A text prompt that fits, decoded after the story-start token."""
+        ids = self.check_prompt(prompt, openai)
+        return PromptTokens(prompt, ids, self.generator.story_prefix + ids)
+
+    def admit(self, openai: bool) -> Ticket:
+        """A place in the queue for one generation, or a 503 that says why not."""
+        if self.engine.failure is not None:
+            raise ApiError(503, f"generation is unavailable: {self.engine.failure}", openai)
+        try:
+            return self.limiter.reserve()
+        except ServerBusy:
+            raise ApiError(503, "server busy: every generation slot and queue place is taken; retry shortly",
+                           openai) from None
+        except ShuttingDown as exc:
+            raise ApiError(503, str(exc), openai) from None
+
+    async def generate(self, prompt: PromptTokens, params: SamplingParams, ticket: Ticket,
+                       stops: list[str] | None = None) -> AsyncIterator[str | GenerationResult]:
+        """Text deltas, then the GenerationResult. Waits for a slot first; frees it however it ends."""
+        async with ticket:
+            seed = self.generator.seed_for(params)
+            request = Request(prompt.window, prompt.ids, params, seed)
+            text = self.generator.story_text(prompt.text, prompt.ids, seed, stops)
+            tokens = self.engine.submit(request)
+            self.metrics.requests.inc()
+            self.metrics.prompt_tokens.inc(len(prompt.ids))
+            last = time.perf_counter()
+            try:
+                while text.finish_reason is None:
+                    item = await tokens.get()
+                    if isinstance(item, Finished):
+                        delta = text.finish(item.reason)
+                    elif isinstance(item, BaseException):
+                        raise item
+                    else:
+                        now = time.perf_counter()
+                        self.metrics.generated_tokens.inc()
+                        self.metrics.step_seconds.observe(now - last)
+                        last = now
+                        delta = text.push(item)
+                    if delta:
+                        yield delta
+            finally:
+                self.engine.cancel(request)  # stops decoding when we leave early (disconnect, stop sequence)
+            yield text.result()
+
+    async def score(self, sequences: list[list[int]], top_k: int) -> list[TokenScores]:
+        """Log-probabilities of each sequence, on the scoring thread (one prefill per batch of
+        sequences; the event loop and the decode worker go on meanwhile)."""
+        self.metrics.scored_tokens.inc(sum(map(len, sequences)))
+        return await asyncio.get_running_loop().run_in_executor(
+            self.scorer, score_tokens, self.loaded.model, sequences, top_k)
+
+    # -- health -----------------------------------------------------------------------------
+
+    def health(self) -> tuple[int, dict]:
+        """(HTTP status, body): 200 while stories can be generated, else 503 with the reason."""
+        engine, limiter, loaded = self.engine, self.limiter, self.loaded
+        if engine.failure is not None:
+            status = "error"
+        elif limiter.closed:
+            status = "shutting_down"
+        else:
+            status = "ok" if engine.ready else "loading"
+        weight = loaded.model.tok_embeddings.weight
+        body = {
+            "status": status,
+            "model_loaded": True,
+            "checkpoint": loaded.name,
+            "device": str(weight.device),
+            "dtype": str(weight.dtype).replace("torch.", ""),
+            "precision": loaded.precision,
+            "engine": engine.name,
+            "decode_step": engine.decode_step,
+            "engine_restarts": len(engine.restart_times),
+            "parameters": loaded.model.num_parameters(),
+            "vocab_size": loaded.config.vocab_size,
+            "context_length": self.context,
+            "active_generations": limiter.active,
+            "queued": limiter.waiting,
+            "max_concurrent": limiter.max_active,
+            "queue_wait": limiter.queue_wait_ms(),
+            "presets": {name: {k: getattr(p, k) for k in ("temperature", "top_k", "top_p", "repetition_penalty")}
+                        for name, p in PRESETS.items()},
+        }
+        if engine.failure is not None:
+            body["error"] = engine.failure
+        return (200 if status == "ok" else 503), body
