@@ -110,3 +110,13 @@ def test_compile_auto_only_for_runs_long_enough_to_repay_it(tiny_checkpoint, mon
     assert cli.main(["--checkpoint", str(tiny_checkpoint), "--max-tokens", "3", "--num-samples", "2"]) == 0
     assert cli.main(["--checkpoint", str(tiny_checkpoint), "--max-tokens", "3", "--compile", "off"]) == 0
     assert chosen == [False, False]
+
+
+def test_an_eager_story_never_imports_the_compiler(tiny_checkpoint):
+    """torch._dynamo and inductor take most of a second to import; a one-story run needs neither."""
+    code = ("import sys; from src.generation.cli import main; "
+            f"main(['--checkpoint', {str(tiny_checkpoint)!r}, '--max-tokens', '5', '--seed', '1']); "
+            "print(sorted(m for m in sys.modules if m.startswith(('torch._dynamo', 'torch._inductor'))))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

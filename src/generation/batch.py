@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch._inductor.config
 
 from src.generation.presets import SamplingParams
 from src.generation.sampling import RowSettings, draw, sample_tokens, sampling_distribution
@@ -33,9 +32,14 @@ def decode_cache_dtype(model: WikiMiniModel) -> torch.dtype:
     return torch.float32 if weight.device.type == "cpu" else weight.dtype
 
 
-# What torch.compile raises when it cannot compile (dynamo, inductor and the C++ compiler's
-# failures all derive from TorchDynamoException), or when settings changed too often.
-COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
+def compile_errors() -> tuple[type[BaseException], ...]:
+    """What torch.compile raises when it cannot compile (dynamo, inductor and the C++ compiler's
+    failures all derive from TorchDynamoException), or when settings changed too often. Imported
+    here, not at the top: torch._dynamo takes most of a second to import, and eager decoding
+    (a one-story `generate.py`) never needs it."""
+    from torch._dynamo import exc
+
+    return exc.TorchDynamoException, exc.FailOnRecompileLimitHit
 
 
 @dataclass(eq=False)
@@ -131,7 +135,9 @@ class DecodeBatch:
             # Inductor compiles in this process: its pool of compile worker processes, once
             # started, slowed every later decode step on a 2-core machine.
             # The setting is process-wide, and the pool starts at the first compile.
-            torch._inductor.config.compile_threads = 1
+            from torch._inductor import config as inductor_config
+
+            inductor_config.compile_threads = 1
             self._compiled_forward = torch.compile(self._fixed_shape_forward, fullgraph=True, dynamic=False,
                                                    options={"cpp_wrapper": True})
             self.compile_state = "ready"  # compiles at its first call (or `warm_up`)
@@ -299,7 +305,7 @@ class DecodeBatch:
         error (out of memory, a device assert) is raised: eager decoding would not fix it."""
         try:
             return self._compiled_forward(ids, positions, cache)
-        except COMPILE_ERRORS as exc:
+        except compile_errors() as exc:
             self._warn_compile_failed(exc)
             self._compiled_forward = None
             self.compile_state = "failed"
