@@ -206,9 +206,10 @@ def test_compiled_single_row_decode_equals_eager(tokenizer, params):
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_compiled_batch_decode_equals_eager_as_rows_join_and_leave(tokenizer):
-    """The server's case: a warmed-up compiled step for a lone row, then eager steps as the batch
-    grows to 3 and shrinks as stories end, then compiled again for the last row (rows at
-    different positions, different settings): the eager batch's tokens exactly, in float32."""
+    """The server's case: the step compiles in the background while a lone row decodes eagerly,
+    then eager steps as the batch grows to 3 and shrinks as stories end, then the compiled step
+    for the last row (rows at different positions, different settings): the eager batch's
+    tokens exactly, in float32."""
     torch.manual_seed(0)
     model = WikiMiniModel(tiny_model_config(max_seq_len=32)).eval()
     generator = Generator(model, tokenizer)
@@ -220,12 +221,15 @@ def test_compiled_batch_decode_equals_eager_as_rows_join_and_leave(tokenizer):
     outcomes = []
     for compile_decode in (False, True):
         batch = DecodeBatch(model, generator.eos_id, slots=4, compile_decode=compile_decode)
-        batch.warm_up()
+        compiling = batch.compile_in_background()
         requests = [generator.new_request(generator.encode_prompt(prompt), params, seed=i)
                     for i, (prompt, params) in enumerate(zip(PROMPTS, settings))]
         batch.admit(requests[:1])
         for _ in range(3):
             batch.step()
+        if compiling is not None:
+            compiling.join()
+            assert batch.compile_state == "ready"
         batch.admit(requests[1:])
         while batch.requests:
             batch.step()

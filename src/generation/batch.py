@@ -140,7 +140,7 @@ class DecodeBatch:
             inductor_config.compile_threads = 1
             self._compiled_forward = torch.compile(self._fixed_shape_forward, fullgraph=True, dynamic=False,
                                                    options={"cpp_wrapper": True})
-            self.compile_state = "ready"  # compiles at its first call (or `warm_up`)
+            self.compile_state = "ready"  # compiles at its first call, or in the background (server)
 
     @property
     def free_slots(self) -> int:
@@ -260,15 +260,6 @@ class DecodeBatch:
         distribution = sampling_distribution(logits, self._settings, self.seen[:n])
         tokens = draw(distribution, self._settings, [r.rng for r in self.requests])
         return self._record(list(self.requests), 0, tokens)
-
-    @torch.inference_mode()
-    def warm_up(self) -> None:
-        """Compile the decode step now, before any request is admitted. Writes only at position
-        0 of row 0, which a request's prefill overwrites before anything reads it."""
-        if self._compiled_forward is not None and not self.requests:
-            # two tensors, as a step passes: one tensor as both would compile an aliased graph
-            ids, positions = (torch.zeros(1, 1, dtype=torch.long, device=self.device) for _ in range(2))
-            self._compiled_logits(ids, positions, self.cache)
 
     def compile_in_background(self) -> threading.Thread | None:
         """Decode eagerly at once, and switch to the compiled step when a thread has compiled it.
