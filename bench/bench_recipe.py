@@ -7,7 +7,13 @@ budget (the first, compiling step is left out of the clock and reported). Then i
 model is scored on every window of the validation text (`training.eval_batches=null`: the
 trainer's validation is the evaluator's `sum_nats`). One table compares them:
 
-    recipe | params | steps | tokens seen | tokens/s | valid loss | bits/byte | vs the first row
+    recipe | seeds | params | embedding | steps | tokens/s | bits/byte (mean ± half range) | vs the first row
+           | articles / 100 words | grammar (of 10) | EOS share
+
+With `--seeds 1337,1` each recipe runs once per seed (`training.seed`) and the table gives the
+mean and half the range. After each run the final model writes 5 prompts x 3 seeded stories
+(balanced preset, 200 tokens at most), scored for articles, grammar and EOS by the evaluators'
+own functions (`src.evaluation`).
 
 Runs are appended to `<out-dir>/results.jsonl` as they finish, so a long queue can be
 stopped and continued; a recipe that already has a result for the same budget is not rerun
@@ -17,6 +23,7 @@ one free); every recipe in a comparison should run under the same setting.
     python -m bench.bench_recipe --minutes 15 --recipes baseline,muon_lr4e-3
     python -m bench.bench_recipe --minutes 15 --cpus 1 --threads 1      # every recipe, one core
     python -m bench.bench_recipe --table-only                          # print what has been run
+    python -m bench.bench_recipe --minutes 6 --recipes vocab1k,vocab4k --seeds 1337,1 --cpus 0 --threads 1
 """
 
 from __future__ import annotations
@@ -54,6 +61,15 @@ def load_recipes(path: Path) -> dict:
     return spec
 
 
+def overrides_of(spec: dict, name: str) -> list[str]:
+    """A recipe's --set overrides: a list, or {from: [recipes whose overrides come first], set: [...]}."""
+    recipe = spec["recipes"][name] or []
+    if isinstance(recipe, dict):
+        inherited = [item for parent in recipe.get("from") or [] for item in overrides_of(spec, parent)]
+        return inherited + list(recipe.get("set") or [])
+    return list(recipe)
+
+
 def read_metrics(path: Path) -> tuple[dict, dict]:
     """(last training record, last validation record) of a run's metrics.jsonl."""
     train, val = {}, {}
@@ -66,21 +82,39 @@ def read_metrics(path: Path) -> tuple[dict, dict]:
     return train, val
 
 
-def count_parameters(config_path: str, overrides: list[str]) -> int:
+def count_parameters(config_path: str, overrides: list[str]) -> tuple[int, int]:
+    """(all parameters, those of the token embedding, which the tied output head shares)."""
     from src.model.transformer_block import WikiMiniModel
     from src.training.config import load_train_config
 
-    return WikiMiniModel(load_train_config(config_path, overrides).model).num_parameters()
+    model = WikiMiniModel(load_train_config(config_path, overrides).model)
+    return model.num_parameters(), model.tok_embeddings.weight.numel()
+
+
+def story_metrics(run_dir: Path) -> dict:
+    """Articles, grammar and EOS share of the final model's stories (5 prompts x 3 seeds)."""
+    from src.evaluation.prompts import load_prompts
+    from src.evaluation.samples import generate_and_score
+    from src.evaluation.summary import summarize
+    from src.generation.engine import Generator
+    from src.model.checkpoint import load_model
+
+    latest = run_dir / "checkpoint_latest.pth"
+    generator = Generator.from_loaded(load_model(latest, precision="fp32"))
+    summary = summarize(generate_and_score(generator, load_prompts(None), "balanced", 3, 42, 200))
+    return {"articles_per_100_words": summary.articles_per_100_words, "grammar": summary.grammar_raw,
+            "eos_rate": summary.eos_rate}
 
 
 def run_recipe(name: str, spec: dict, minutes: float, out_dir: Path, cpus: list[int] | None,
-               threads: int | None) -> dict:
-    run_dir = out_dir / f"{name}_{minutes:g}min"
+               threads: int | None, seed: int | None = None) -> dict:
+    run_dir = out_dir / f"{name}_{minutes:g}min" if seed is None else out_dir / f"{name}_{minutes:g}min_s{seed}"
     if run_dir.exists():  # a killed earlier attempt: start again from scratch
         for child in sorted(run_dir.rglob("*"), reverse=True):
             child.unlink() if child.is_file() else child.rmdir()
-    overrides = list(spec.get("common") or []) + list(spec["recipes"][name] or []) + RUN_SETTINGS + [
-        f"training.max_minutes={minutes}", f"training.output_dir={run_dir}"]
+    overrides = list(spec.get("common") or []) + overrides_of(spec, name) + RUN_SETTINGS + [
+        f"training.max_minutes={minutes}", f"training.output_dir={run_dir}"] + (
+        [] if seed is None else [f"training.seed={seed}"])
     command = [sys.executable, "train.py", "--config", spec["base"]]
     for item in overrides:
         command += ["--set", item]
@@ -89,7 +123,7 @@ def run_recipe(name: str, spec: dict, minutes: float, out_dir: Path, cpus: list[
         env["OMP_NUM_THREADS"] = str(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "train.log"
-    print(f"[{time.strftime('%H:%M:%S')}] {name}: {minutes:g} min -> {run_dir}", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] {name} (seed {seed}): {minutes:g} min -> {run_dir}", flush=True)
     started = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -101,11 +135,14 @@ def run_recipe(name: str, spec: dict, minutes: float, out_dir: Path, cpus: list[
     train, val = read_metrics(run_dir / "metrics.jsonl")
     compile_line = next((line for line in log_path.read_text(encoding="utf-8").splitlines()
                          if "first step (compilation)" in line), "")
+    params, embedding = count_parameters(spec["base"], overrides)
     return {
         "recipe": name,
+        "seed": seed,
         "minutes": minutes,
-        "overrides": list(spec["recipes"][name] or []),
-        "params": count_parameters(spec["base"], overrides),
+        "overrides": overrides_of(spec, name),
+        "params": params,
+        "embedding_params": embedding,
         "steps": train.get("step"),
         "tokens": train.get("tokens"),
         "train_seconds": train.get("train_seconds"),
@@ -118,6 +155,7 @@ def run_recipe(name: str, spec: dict, minutes: float, out_dir: Path, cpus: list[
         "threads": threads or torch_threads(),
         "machine": machine(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **story_metrics(run_dir),
     }
 
 
@@ -133,18 +171,37 @@ def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}"
 
 
+def spread(values: list[float]) -> str:
+    """mean ± half the range (the range of two seeds is their difference)."""
+    mean = sum(values) / len(values)
+    return f"{mean:.4f} ± {(max(values) - min(values)) / 2:.4f}" if len(values) > 1 else f"{mean:.4f}"
+
+
 def print_table(rows: list[dict]) -> None:
+    """One line per recipe, its seeds pooled; the first recipe is the reference."""
     if not rows:
         print("no results yet")
         return
-    reference = rows[0]["val_bpb"]
-    header = f"| recipe | min | params | steps | tokens seen | tokens/s | valid loss | bits/byte | vs {rows[0]['recipe']} |"
-    print(header)
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    by_recipe: dict[str, list[dict]] = {}
     for row in rows:
-        print(f"| {row['recipe']} | {row['minutes']:g} | {row['params'] / 1e6:.2f}M | {row['steps']:,} | "
-              f"{row['tokens'] / 1e6:.2f}M | {row['tokens_per_s']:,.0f} | {row['val_loss']:.4f} | "
-              f"{row['val_bpb']:.4f} | {row['val_bpb'] / reference:.3f}x |")
+        by_recipe.setdefault(row["recipe"], []).append(row)
+    reference = None
+    print("| recipe | seeds | params | embedding | steps | tokens/s | bits/byte | vs first | articles/100 words "
+          "| grammar | EOS |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, runs in by_recipe.items():
+        bpb = [r["val_bpb"] for r in runs]
+        mean_bpb = sum(bpb) / len(bpb)
+        reference = reference or mean_bpb
+
+        def mean(key: str) -> float:
+            values = [r[key] for r in runs if r.get(key) is not None]
+            return sum(values) / len(values) if values else float("nan")
+
+        print(f"| {name} | {len(runs)} | {runs[0]['params'] / 1e6:.2f}M | "
+              f"{runs[0].get('embedding_params', 0) / 1e6:.2f}M | {mean('steps'):,.0f} | {mean('tokens_per_s'):,.0f} | "
+              f"{spread(bpb)} | {mean_bpb / reference:.3f}x | {mean('articles_per_100_words'):.1f} | "
+              f"{mean('grammar'):.2f} | {mean('eos_rate'):.0%} |")
 
 
 def main() -> int:
@@ -155,6 +212,7 @@ def main() -> int:
     parser.add_argument("--out-dir", default=str(ROOT / "checkpoints" / "recipes"))
     parser.add_argument("--cpus", help="comma-separated CPU ids to pin each run to, e.g. 1")
     parser.add_argument("--threads", type=int, help="torch threads per run (OMP_NUM_THREADS)")
+    parser.add_argument("--seeds", help="comma-separated training seeds, one run each (default: the config's)")
     parser.add_argument("--rerun", action="store_true", help="run recipes that already have a result")
     parser.add_argument("--table-only", action="store_true", help="print the table of finished runs")
     args = parser.parse_args()
@@ -168,23 +226,26 @@ def main() -> int:
     results_path = out_dir / "results.jsonl"
     done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
 
-    def finished(name: str) -> dict | None:
-        return next((r for r in reversed(done) if r["recipe"] == name and r["minutes"] == args.minutes), None)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [None]
+
+    def finished(name: str, seed: int | None) -> dict | None:
+        return next((r for r in reversed(done) if r["recipe"] == name and r["minutes"] == args.minutes
+                     and r.get("seed") == seed), None)
 
     if not args.table_only:
         cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else None
-        for name in names:
-            if finished(name) and not args.rerun:
-                print(f"{name}: already run for {args.minutes:g} min (--rerun to repeat)")
+        for name, seed in ((n, s) for n in names for s in seeds):
+            if finished(name, seed) and not args.rerun:
+                print(f"{name} (seed {seed}): already run for {args.minutes:g} min (--rerun to repeat)")
                 continue
-            row = run_recipe(name, spec, args.minutes, out_dir, cpus, args.threads)
+            row = run_recipe(name, spec, args.minutes, out_dir, cpus, args.threads, seed)
             done.append(row)
             out_dir.mkdir(parents=True, exist_ok=True)
             with open(results_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"  {name}: {row['steps']} steps, {row['tokens_per_s']:,.0f} tok/s, "
                   f"valid bits/byte {row['val_bpb']:.4f}", flush=True)
-    rows = [r for r in (finished(n) for n in names) if r]
+    rows = [r for r in (finished(n, s) for n in names for s in seeds) if r]
     if rows:
         print(f"\n{rows[0]['machine']}; budget {args.minutes:g} min per recipe, "
               f"threads {rows[0]['threads']}, cpus {rows[0]['cpus'] or 'all'}")

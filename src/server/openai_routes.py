@@ -90,7 +90,9 @@ def openai_router(service: StoryService) -> APIRouter:
 
         if not body.stream:
             results = await complete_all(prompts, params, stops) if body.max_tokens else [None] * len(prompts)
-            scores = await score_all(prompts, results, body.logprobs or 0) if body.scoring else [None] * len(prompts)
+            scores = [None] * len(prompts)
+            if body.logprobs is not None:  # echo alone needs no scores
+                scores = await score_all(prompts, results, body.logprobs)
             choices = [choice(index, prompt, result, score, body)
                        for index, (prompt, result, score) in enumerate(zip(prompts, results, scores))]
             return chunk(choices, usage(sum(len(p.ids) for p in prompts),
@@ -134,12 +136,14 @@ def openai_router(service: StoryService) -> APIRouter:
         else:
             check_vocabulary(prompt, openai=True)
             tokens = PromptTokens(loaded.tokenizer.decode(prompt, skip_special_tokens=False), prompt, prompt)
-        # scored: prompt and completion in one pass, whose last token is only predicted, never read
-        needed = len(tokens.window) + (body.max_tokens - 1 if body.scoring else 1)
+        if body.logprobs is not None:  # prompt and completion scored in one pass; its last token is never read
+            needed = len(tokens.window) + body.max_tokens - 1
+        else:  # a completion needs room for one more token (a long one slides); an echo alone, none
+            needed = len(tokens.window) + min(body.max_tokens, 1)
         if needed > service.context:
             raise ApiError(400, f"prompt is {len(tokens.window)} tokens; with max_tokens {body.max_tokens}"
-                           f"{' and logprobs or echo' if body.scoring else ''} that exceeds the model's context of "
-                           f"{service.context} tokens", openai=True)
+                           f"{' and logprobs' if body.logprobs is not None else ''} that exceeds the model's "
+                           f"context of {service.context} tokens", openai=True)
         if body.max_tokens == 0 and not body.echo:
             raise ApiError(400, "max_tokens 0 generates nothing: use it with echo to score the prompt", openai=True)
         return tokens
