@@ -93,28 +93,36 @@ def test_cancelled_request_leaves_and_others_continue(generator):
     assert [r.generated for r in requests[1:]] == [alone(generator, p, params, 0) for p in PROMPTS[1:]]
 
 
-def test_ragged_step_logits_match_hf_llama_full_recompute(tokenizer):
-    """Each row of a ragged decode step equals transformers' LlamaForCausalLM on that row's
-    whole context without a cache."""
+@pytest.mark.parametrize("native", [False, True], ids=["eager", "native"])
+def test_ragged_step_logits_match_hf_llama_full_recompute(tokenizer, native):
+    """Each row of a ragged decode step (eager, and the native step) equals transformers'
+    LlamaForCausalLM on that row's whole context without a cache."""
     from src.model.hf_convert import to_hf_model
 
+    if native:
+        native_or_skip()
     torch.manual_seed(0)
     model = WikiMiniModel(tiny_model_config(n_kv_heads=2)).eval()
     hf = to_hf_model(model, tokenizer).eval()
     generator = Generator(model, tokenizer)
     params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, stop_at_eos=False)
     requests = [generator.new_request(generator.encode_prompt(p), params, seed=i) for i, p in enumerate(PROMPTS)]
-    batch = DecodeBatch(model, generator.eos_id, slots=3)
+    batch = DecodeBatch(model, generator.eos_id, slots=3, native=native)
+    assert (batch._native is not None) == native
     batch.admit(requests)
     captured = {}
-    original = model.forward
 
-    def spy(*args, **kwargs):
-        out = original(*args, **kwargs)
-        captured["logits"] = out[:, -1].clone()
-        return out
+    def spy(original, logits_of):
+        def call(*args, **kwargs):
+            out = original(*args, **kwargs)
+            captured["logits"] = logits_of(out).clone()
+            return out
+        return call
 
-    model.forward = spy
+    if native:
+        batch._native = spy(batch._native, lambda out: out)
+    else:
+        model.forward = spy(model.forward, lambda out: out[:, -1])
     with torch.inference_mode():
         for _ in range(6):
             contexts = [r.window_ids + r.generated for r in batch.requests]
@@ -198,7 +206,7 @@ def test_compiled_single_row_decode_equals_eager(tokenizer, params):
     the eager engine's tokens exactly in float32, through a context slide (40 tokens, context 32)."""
     torch.manual_seed(0)
     model = WikiMiniModel(tiny_model_config(max_seq_len=32)).eval()
-    eager, compiled = Generator(model, tokenizer), Generator(model, tokenizer, compile_decode=True)
+    eager, compiled = Generator(model, tokenizer, native=False), Generator(model, tokenizer, compile_decode=True, native=False)
     for seed, prompt in enumerate(PROMPTS[:2]):
         expected = eager.generate(prompt, params.replace(seed=seed)).token_ids
         assert compiled.generate(prompt, params.replace(seed=seed)).token_ids == expected
@@ -220,7 +228,7 @@ def test_compiled_batch_decode_equals_eager_as_rows_join_and_leave(tokenizer):
     ]
     outcomes = []
     for compile_decode in (False, True):
-        batch = DecodeBatch(model, generator.eos_id, slots=4, compile_decode=compile_decode)
+        batch = DecodeBatch(model, generator.eos_id, slots=4, compile_decode=compile_decode, native=False)
         compiling = batch.compile_in_background()
         requests = [generator.new_request(generator.encode_prompt(prompt), params, seed=i)
                     for i, (prompt, params) in enumerate(zip(PROMPTS, settings))]
@@ -285,7 +293,7 @@ def test_a_decode_step_that_cannot_compile_falls_back_to_eager_with_a_warning(ge
         raise torch._dynamo.exc.BackendCompilerFailed(cannot_compile, RuntimeError("C++ compiler not found"), None)
 
     monkeypatch.setattr(torch, "compile", lambda function, **options: cannot_compile)
-    compiled = Generator(generator.model, generator.tokenizer, compile_decode=True)
+    compiled = Generator(generator.model, generator.tokenizer, compile_decode=True, native=False)
     params = SamplingParams(temperature=0.8, max_new_tokens=12, stop_at_eos=False, seed=3)
     with pytest.warns(RuntimeWarning, match="decoding eagerly: BackendCompilerFailed: .*C\\+\\+ compiler not found"):
         fallback = compiled.generate(PROMPTS[0], params)
@@ -297,7 +305,7 @@ def test_a_compiled_step_that_fails_at_run_time_is_not_hidden(generator, monkeyp
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(torch, "compile", lambda function, **options: out_of_memory)
-    compiled = Generator(generator.model, generator.tokenizer, compile_decode=True)
+    compiled = Generator(generator.model, generator.tokenizer, compile_decode=True, native=False)
     with pytest.raises(RuntimeError, match="out of memory"):
         compiled.generate(PROMPTS[0], SamplingParams(max_new_tokens=5, stop_at_eos=False, seed=0))
 
@@ -319,3 +327,94 @@ def test_eos_ends_a_story_without_being_emitted(generator):
             emitted += batch.step()
         assert [token for _, token in emitted] == request.generated == free[:k]
         assert request.finish_reason == "eos" and not batch.requests
+
+
+def native_or_skip():
+    from src.generation import native
+
+    if native.library() is None:
+        pytest.skip(f"native decode step unavailable: {native.unavailable()}")
+
+
+@pytest.mark.parametrize("config", [{}, {"n_kv_heads": 2}, {"qk_norm": True}, {"activation": "relu2"},
+                                    {"tie_embeddings": False}])
+def test_native_greedy_decode_equals_eager_in_float32(tokenizer, config):
+    """One row, greedy, float32: the native step gives the eager step's tokens, through a context
+    slide (40 tokens, context 32), for each layout it takes."""
+    native_or_skip()
+    torch.manual_seed(0)
+    model = WikiMiniModel(tiny_model_config(max_seq_len=32, **config)).eval()
+    eager, fast = Generator(model, tokenizer, native=False), Generator(model, tokenizer)
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=40, stop_at_eos=False)
+    for prompt in PROMPTS[:2]:
+        assert fast.generate(prompt, params).token_ids == eager.generate(prompt, params).token_ids
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_native_batch_decode_equals_eager_as_rows_join_and_leave(tokenizer):
+    """Rows at different positions join, slide and leave (rows moved in the cache): the native
+    batch gives the eager batch's tokens, sampled with each row's own settings, in float32."""
+    native_or_skip()
+    torch.manual_seed(0)
+    model = WikiMiniModel(tiny_model_config(max_seq_len=32)).eval()
+    eager, fast = Generator(model, tokenizer, native=False), Generator(model, tokenizer)
+    settings = [
+        SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=12, stop_at_eos=False),
+        SamplingParams(temperature=1.0, top_k=20, top_p=0.9, max_new_tokens=20, stop_at_eos=False),
+        SamplingParams(temperature=0.0, repetition_penalty=1.3, max_new_tokens=40, stop_at_eos=False),
+        SamplingParams(temperature=0.8, top_k=5, max_new_tokens=30, stop_at_eos=False),
+    ]
+    outcomes = []
+    for generator in (eager, fast):
+        batch = DecodeBatch(model, generator.eos_id, slots=4, native=generator.native)
+        assert batch.compile_state == ("native" if generator.native else "eager")
+        requests = [generator.new_request(generator.encode_prompt(prompt), params, seed=i)
+                    for i, (prompt, params) in enumerate(zip(PROMPTS + ["A big dog"], settings))]
+        batch.admit(requests[:2])
+        for step in range(45):
+            if step == 3:
+                batch.admit(requests[2:3])
+            if step == 15:
+                batch.admit(requests[3:])
+            batch.step()
+        outcomes.append([(r.generated, r.finish_reason) for r in requests])
+    assert outcomes[0] == outcomes[1]
+    assert [len(generated) for generated, _ in outcomes[0]] == [12, 20, 40, 30]
+
+
+def test_native_step_with_int8_weights_stays_close_to_float32(tokenizer):
+    """int8 weights and 8-bit activations: the logits stay within a few percent of float32's."""
+    import copy
+
+    from src.generation.native import native_step
+    from src.model.quantize import quantize_int8
+
+    native_or_skip()
+    torch.manual_seed(0)
+    model = WikiMiniModel(tiny_model_config(max_seq_len=32)).eval()
+    int8 = quantize_int8(copy.deepcopy(model), torch.float32)
+    prompt = torch.randint(0, 384, (2, 9))
+    caches = [model.new_kv_cache(rows=2, dtype=torch.float32) for _ in range(2)]
+    step = native_step(int8, caches[1])
+    with torch.inference_mode():
+        model(prompt, kv_cache=caches[0], input_pos=torch.arange(9)[None])
+        int8(prompt, kv_cache=caches[1], input_pos=torch.arange(9)[None])
+        for position in range(9, 15):
+            ids = torch.tensor([7 + position, 100 + position])
+            exact = model(ids[:, None], kv_cache=caches[0], input_pos=torch.full((2, 1), position))[:, -1]
+            fast = step(ids, torch.full((2,), position))
+            assert (fast - exact).abs().max() <= 0.05 * exact.abs().max()
+
+
+def test_without_a_compiler_decoding_is_eager_with_one_warning(generator, monkeypatch, tmp_path):
+    from src.generation import native
+
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_unavailable", None)
+    monkeypatch.setattr(native.native_step, "warned", False, raising=False)
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=8, stop_at_eos=False)
+    with pytest.warns(RuntimeWarning, match="native decode step is unavailable, decoding eagerly"):
+        tokens = generator.generate(PROMPTS[0], params).token_ids
+    assert tokens == Generator(generator.model, generator.tokenizer, native=False).generate(PROMPTS[0], params).token_ids

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from src.generation.native import native_step
 from src.generation.presets import SamplingParams
 from src.generation.sampling import RowSettings, draw, sample_tokens, sampling_distribution
 from src.model.kv_cache import KVCache
@@ -107,7 +108,7 @@ class PrefixCache:
 
 class DecodeBatch:
     def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, prefix_cache_bytes: int = 0,
-                 compile_decode: bool = False) -> None:
+                 compile_decode: bool = False, native: bool = True) -> None:
         self.model = model
         self.eos_id = eos_id
         self.slots = slots
@@ -121,6 +122,10 @@ class DecodeBatch:
         self.requests: list[Request] = []  # row i decodes requests[i]
         self._settings: RowSettings | None = None
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        # The decode step, first choice: the native step (src/generation/native.py), one call per
+        # token for every row, on CPU with float32 or int8 weights. Else the compiled or eager
+        # forward below. Prefill is PyTorch's either way: there the matmuls dominate.
+        self._native = native_step(model, self.cache) if native else None
         # With compile_decode, a lone row's decode step runs the forward pass through
         # torch.compile over fixed shapes: its position is a tensor and attention reads the
         # cache's whole capacity, masked, so one graph serves every position. A few fused C++
@@ -131,7 +136,9 @@ class DecodeBatch:
         # them in would mean a graph for each mix of settings).
         self._compiled_forward = None  # what `step` calls for a lone row; None: eager
         self.compile_state = "eager"  # "eager" (not asked for), "compiling" (in the background), "ready", "failed"
-        if compile_decode:
+        if self._native is not None:
+            self.compile_state = "native"
+        elif compile_decode:
             # Inductor compiles in this process: its pool of compile worker processes, once
             # started, slowed every later decode step on a 2-core machine.
             # The setting is process-wide, and the pool starts at the first compile.
@@ -252,9 +259,12 @@ class DecodeBatch:
         n = len(self.requests)
         ids = torch.tensor([[r.next_input] for r in self.requests], dtype=torch.long, device=self.device)
         positions = torch.tensor(self.lengths[:n], device=self.device)[:, None]
-        logits = self._compiled_logits(ids, positions, self.cache) if n == 1 and self._compiled_forward is not None else None
-        if logits is None:
-            logits = self.model(ids, kv_cache=self.cache, input_pos=positions)[:, -1]
+        if self._native is not None:
+            logits = self._native(ids[:, 0], positions[:, 0])
+        else:
+            logits = self._compiled_logits(ids, positions, self.cache) if n == 1 and self._compiled_forward is not None else None
+            if logits is None:
+                logits = self.model(ids, kv_cache=self.cache, input_pos=positions)[:, -1]
         for row in range(n):
             self.lengths[row] += 1
         distribution = sampling_distribution(logits, self._settings, self.seen[:n])

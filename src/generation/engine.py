@@ -41,9 +41,10 @@ class GenerationStream:
 
 class Generator:
     def __init__(self, model: WikiMiniModel, tokenizer: Tokenizer, eos_id: int | None = None,
-                 compile_decode: bool = False, story_prefix: list[int] | None = None) -> None:
+                 compile_decode: bool = False, story_prefix: list[int] | None = None, native: bool = True) -> None:
         self.model = model.eval()
         self.compile_decode = compile_decode  # see DecodeBatch: a compiled single-row step
+        self.native = native  # see DecodeBatch: the native step where the model allows it
         self.tokenizer = tokenizer
         self.eos_id = eos_id if eos_id is not None else tokenizer.token_to_id(EOS_TOKEN)
         # What a story starts after, as the checkpoint declares it (`LoadedModel.story_prefix`):
@@ -78,7 +79,7 @@ class Generator:
         When the context fills up, the cache restarts from the most recent three quarters of
         the context, so output can run past `max_seq_len` without error.
         """
-        batch = DecodeBatch(self.model, self.eos_id, slots=1, compile_decode=self.compile_decode)
+        batch = DecodeBatch(self.model, self.eos_id, slots=1, compile_decode=self.compile_decode, native=self.native)
         emitted = batch.admit([request])
         while True:
             for _, token in emitted:

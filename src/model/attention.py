@@ -8,6 +8,7 @@ from torch import nn
 
 from src.model.config import ModelConfig
 from src.model.kv_cache import KVCache
+from src.model.norm import RMSNorm
 from src.model.rope import apply_rope
 
 
@@ -34,6 +35,10 @@ class Attention(nn.Module):
         qkv_out = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
         self.qkv_proj = nn.Linear(config.d_model, qkv_out, bias=False)
         self.out_proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
+        if config.qk_norm:  # normalized queries and keys bound the attention logits
+            self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
+        self.qk_norm = config.qk_norm
 
     def forward(
         self,
@@ -53,6 +58,8 @@ class Attention(nn.Module):
         q = q.view(batch, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         if kv_cache is not None:

@@ -15,6 +15,9 @@ SIZE_LIMITS = {"vocab_size": 2**20, "d_model": 16_384, "n_layers": 256, "n_heads
                "max_seq_len": 131_072, "d_ffn": 65_536}
 
 
+ACTIVATIONS = ("swiglu", "relu2")
+
+
 def physical_memory_bytes() -> int | None:
     """This machine's RAM, or None where the OS does not say."""
     try:
@@ -43,6 +46,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     dropout: float = 0.0
     tie_embeddings: bool = True
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE (not in Llama's layout)
+    activation: str = "swiglu"  # swiglu | relu2: down(relu(up(x))^2), no gate (not in Llama's layout)
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "d_model", "n_layers", "n_heads", "multiple_of", "max_seq_len")
@@ -69,6 +74,8 @@ class ModelConfig:
             raise ConfigError(f"model.d_ffn must be positive, got {self.d_ffn}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             raise ConfigError("model.rope_theta and model.norm_eps must be positive")
 
@@ -77,8 +84,9 @@ class ModelConfig:
     def num_weights(self) -> int:
         """Parameters of a WikiMiniModel of this shape (a tied output head counts once)."""
         attention = self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.kv_heads)
-        feed_forward = 3 * self.d_model * self.ffn_dim
-        per_layer = attention + feed_forward + 2 * self.d_model
+        feed_forward = (3 if self.activation == "swiglu" else 2) * self.d_model * self.ffn_dim
+        qk_norms = 2 * self.head_dim if self.qk_norm else 0
+        per_layer = attention + feed_forward + 2 * self.d_model + qk_norms
         heads = 1 if self.tie_embeddings else 2
         return heads * self.vocab_size * self.d_model + self.n_layers * per_layer + self.d_model
 
@@ -95,6 +103,14 @@ class ModelConfig:
                 f"model of {self.num_weights():,} parameters needs {format_bytes(needed)} for its float32 "
                 f"weights; this machine has {format_bytes(memory)} (model.vocab_size={self.vocab_size}, "
                 f"model.d_model={self.d_model}, model.n_layers={self.n_layers})")
+
+    def llama_layout_problem(self) -> str | None:
+        """Why Llama's layout (HF, GGUF, llama2.c) cannot hold this shape, or None when it can."""
+        if self.qk_norm:
+            return "model.qk_norm=true has no place in Llama's layout"
+        if self.activation != "swiglu":
+            return f"model.activation={self.activation} has no place in Llama's layout (SwiGLU only)"
+        return None
 
     @property
     def head_dim(self) -> int:

@@ -21,6 +21,9 @@ from src.model.transformer_block import WikiMiniModel
 
 
 def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    problem = config.llama_layout_problem()
+    if problem:
+        raise CheckpointError(f"cannot export: {problem}")
     q_size = config.n_heads * config.head_dim
     kv_size = config.kv_heads * config.head_dim
     hf = {

@@ -1,0 +1,200 @@
+"""The native decode step: `native_step.cpp`, built once per machine, called once per token.
+
+An eager PyTorch decode step is about a thousand operator calls per token; on a small model
+their dispatch costs far more than the arithmetic. The native step runs a whole token (every
+row, every layer, the logits) in one call, on the model's own weights and the DecodeBatch's own
+KV cache, so prefill, sampling and the cache's bookkeeping stay in PyTorch.
+
+The library is compiled with the system's C++ compiler (`-O3 -march=native -fopenmp`, about a
+second) into a cache keyed by the source, the compiler and the CPU's flags, written to a temp
+file and renamed into place. Without a compiler, or where the build or a step fails, decoding
+stays eager with one warning. `WIKIMINI_NATIVE=0` turns it off.
+
+Which weights it takes: float32 (the same math as eager float32, so greedy decoding gives the
+same tokens) or the int8 model of `src.model.quantize` (the same int8 weights and scales, with
+each activation row quantized to 8 bits for integer dot products). bf16 weights decode eagerly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from src.atomic_files import atomic_output
+from src.model.kv_cache import KVCache
+from src.model.quantize import Int8Linear
+from src.model.rope import rope_cos_sin
+from src.model.transformer_block import WikiMiniModel
+
+SOURCE = Path(__file__).with_name("native_step.cpp")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+
+
+class Matrix(ctypes.Structure):
+    _fields_ = [("f32", ctypes.c_void_p), ("q8", ctypes.c_void_p), ("scale", ctypes.c_void_p),
+                ("row_sum", ctypes.c_void_p), ("out", ctypes.c_int64), ("in_", ctypes.c_int64)]
+
+
+class Layer(ctypes.Structure):
+    _fields_ = [("attention_norm", ctypes.c_void_p), ("ffn_norm", ctypes.c_void_p), ("q_norm", ctypes.c_void_p),
+                ("k_norm", ctypes.c_void_p), ("qkv", Matrix), ("out", Matrix), ("up", Matrix), ("down", Matrix),
+                ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p)]
+
+
+class Model(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int64) for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn",
+                                                    "vocab", "capacity", "relu2")] + [
+        ("eps", ctypes.c_float), ("embedding", ctypes.c_void_p), ("norm", ctypes.c_void_p),
+        ("rope_cos", ctypes.c_void_p), ("rope_sin", ctypes.c_void_p), ("output", Matrix),
+        ("layers", ctypes.POINTER(Layer))]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "wikimini" / "native"
+
+
+def cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+_library: ctypes.CDLL | None = None
+_unavailable: str | None = None
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled step (built on first use), or None with the reason in `unavailable()`."""
+    global _library, _unavailable
+    if _library is not None or _unavailable is not None:
+        return _library
+    try:
+        _library = _load()
+    except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+        _unavailable = " ".join(str(exc).split())[:300]
+    return _library
+
+
+def unavailable() -> str | None:
+    return _unavailable
+
+
+def _load() -> ctypes.CDLL:
+    if os.environ.get("WIKIMINI_NATIVE", "1") == "0":
+        raise RuntimeError("turned off by WIKIMINI_NATIVE=0")
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set CXX)")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(FLAGS), cpu_flags()]).encode()).hexdigest()
+    path = cache_dir() / f"native_step-{key[:16]}.so"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path) as tmp:
+            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
+                                    timeout=300)
+            if result.returncode != 0:
+                raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-300:]}")
+    lib = ctypes.CDLL(str(path))
+    lib.native_decode_step.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                       ctypes.c_void_p, ctypes.c_int]
+    lib.native_decode_step.restype = ctypes.c_int
+    return lib
+
+
+def supports(model: WikiMiniModel, cache: KVCache) -> str | None:
+    """Why the native step cannot decode this model into this cache, or None when it can."""
+    weight = model.tok_embeddings.weight
+    if weight.device.type != "cpu":
+        return "it runs on CPU only"
+    if cache.keys[0].dtype != torch.float32:
+        return "it needs a float32 KV cache"
+    linear = model.layers[0].attention.qkv_proj
+    if not isinstance(linear, Int8Linear) and linear.weight.dtype != torch.float32:
+        return f"it takes float32 or int8 weights, not {linear.weight.dtype}"
+    return None
+
+
+class NativeStep:
+    """`step(tokens, positions)` -> logits (rows, V) float32, the new keys/values written into
+    `cache` rows 0..rows-1 at `positions`: what `model(ids, kv_cache=cache, input_pos=...)` does
+    for one token per row."""
+
+    def __init__(self, lib: ctypes.CDLL, model: WikiMiniModel, cache: KVCache) -> None:
+        config = model.config
+        self._lib = lib
+        self._keep: list[torch.Tensor] = []  # every tensor a pointer refers to, kept alive here
+        cos, sin = rope_cos_sin(config.head_dim, cache.capacity, config.rope_theta)
+        layers = (Layer * config.n_layers)()
+        for i, block in enumerate(model.layers):
+            attention = block.attention
+            up = getattr(block.feed_forward, "gate_up_proj", None) or block.feed_forward.up_proj
+            layers[i] = Layer(self._f32(block.attention_norm.weight), self._f32(block.ffn_norm.weight),
+                              self._f32(attention.q_norm.weight) if config.qk_norm else None,
+                              self._f32(attention.k_norm.weight) if config.qk_norm else None,
+                              self._matrix(attention.qkv_proj), self._matrix(attention.out_proj), self._matrix(up),
+                              self._matrix(block.feed_forward.down_proj),
+                              self._ptr(cache.keys[i]), self._ptr(cache.values[i]))
+        self._layers = layers
+        self.model = Model(config.d_model, config.n_layers, config.n_heads, config.kv_heads, config.head_dim,
+                           config.ffn_dim, config.vocab_size, cache.capacity, int(config.activation == "relu2"),
+                           config.norm_eps, self._f32(model.tok_embeddings.weight), self._f32(model.norm.weight),
+                           self._f32(cos), self._f32(sin), self._matrix(model.output), layers)
+        self.vocab_size = config.vocab_size
+        self.cache = cache
+
+    def _ptr(self, tensor: torch.Tensor) -> int:
+        if not tensor.is_contiguous():
+            raise ValueError("the native step needs contiguous tensors")
+        self._keep.append(tensor)
+        return tensor.data_ptr()
+
+    def _f32(self, tensor: torch.Tensor) -> int:
+        return self._ptr(tensor.detach().float().contiguous())
+
+    def _matrix(self, linear: torch.nn.Module) -> Matrix:
+        if isinstance(linear, Int8Linear):
+            q8 = linear.weight_int8
+            return Matrix(None, self._ptr(q8), self._f32(linear.scales), self._ptr(q8.sum(1, dtype=torch.int32)),
+                          q8.shape[0], q8.shape[1])
+        weight = linear.weight.detach()
+        return Matrix(self._f32(weight), None, None, None, weight.shape[0], weight.shape[1])
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """tokens, positions: (rows,) int64 on CPU; positions below the cache's capacity."""
+        tokens, positions = tokens.contiguous(), positions.contiguous()
+        logits = torch.empty(tokens.shape[0], self.vocab_size, dtype=torch.float32)
+        status = self._lib.native_decode_step(ctypes.byref(self.model), tokens.shape[0], tokens.data_ptr(),
+                                              positions.data_ptr(), logits.data_ptr(), torch.get_num_threads())
+        if status != 0:
+            raise ValueError("native decode step: a token id or position is out of range")
+        return logits
+
+
+def native_step(model: WikiMiniModel, cache: KVCache) -> NativeStep | None:
+    """A native step over `model` and `cache`, or None (eager decoding) with one warning when
+    the library cannot be built; None without a warning for a model it does not take."""
+    if supports(model, cache) is not None:
+        return None
+    lib = library()
+    if lib is None:
+        if not getattr(native_step, "warned", False):
+            native_step.warned = True
+            warnings.warn(f"the native decode step is unavailable, decoding eagerly: {unavailable()}",
+                          RuntimeWarning, stacklevel=2)
+        return None
+    return NativeStep(lib, model, cache)
