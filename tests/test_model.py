@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from src.config_utils import ConfigError
 from src.model import ModelConfig, WikiMiniModel
+from src.model.checkpoint import CheckpointError
 from tests.conftest import tiny_model_config
 
 
@@ -142,3 +143,23 @@ def test_residual_projections_use_scaled_init():
     std_qkv = model.layers[0].attention.qkv_proj.weight.std().item()
     assert abs(std_qkv - 0.02) < 0.002
     assert abs(std_out - 0.02 / 4) < 0.001  # 0.02 / sqrt(2 * 8)
+
+
+def test_qk_norm_normalizes_each_heads_queries_and_keys_and_counts_its_weights():
+    from src.model.hf_convert import to_hf_state_dict
+
+    torch.manual_seed(0)
+    model = WikiMiniModel(tiny_model_config(qk_norm=True))
+    attention = model.layers[0].attention
+    assert attention.q_norm.weight.shape == (model.config.head_dim,)
+    assert model.num_parameters() == model.config.num_weights() == WikiMiniModel(tiny_model_config()).num_parameters() \
+        + 2 * model.config.n_layers * model.config.head_dim
+    with torch.no_grad():  # scaling the query and key projections changes nothing once they are normalized
+        attention.qkv_proj.weight[: 2 * model.config.d_model] *= 10.0
+    ids = torch.randint(0, 384, (1, 8))
+    scaled = model(ids)
+    with torch.no_grad():
+        attention.qkv_proj.weight[: 2 * model.config.d_model] /= 10.0
+    torch.testing.assert_close(model(ids), scaled, atol=1e-4, rtol=1e-4)
+    with pytest.raises(CheckpointError, match="cannot export: model.qk_norm=true"):
+        to_hf_state_dict(model.state_dict(), model.config)

@@ -52,7 +52,7 @@ class Layer(ctypes.Structure):
 
 class Model(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn",
-                                                    "vocab", "capacity", "relu2")] + [
+                                                    "vocab", "capacity")] + [
         ("eps", ctypes.c_float), ("embedding", ctypes.c_void_p), ("norm", ctypes.c_void_p),
         ("rope_cos", ctypes.c_void_p), ("rope_sin", ctypes.c_void_p), ("output", Matrix),
         ("layers", ctypes.POINTER(Layer))]
@@ -142,17 +142,17 @@ class NativeStep:
         layers = (Layer * config.n_layers)()
         for i, block in enumerate(model.layers):
             attention = block.attention
-            up = getattr(block.feed_forward, "gate_up_proj", None) or block.feed_forward.up_proj
             layers[i] = Layer(self._f32(block.attention_norm.weight), self._f32(block.ffn_norm.weight),
                               self._f32(attention.q_norm.weight) if config.qk_norm else None,
                               self._f32(attention.k_norm.weight) if config.qk_norm else None,
-                              self._matrix(attention.qkv_proj), self._matrix(attention.out_proj), self._matrix(up),
+                              self._matrix(attention.qkv_proj), self._matrix(attention.out_proj),
+                              self._matrix(block.feed_forward.gate_up_proj),
                               self._matrix(block.feed_forward.down_proj),
                               self._ptr(cache.keys[i]), self._ptr(cache.values[i]))
         self._layers = layers
         self.model = Model(config.d_model, config.n_layers, config.n_heads, config.kv_heads, config.head_dim,
-                           config.ffn_dim, config.vocab_size, cache.capacity, int(config.activation == "relu2"),
-                           config.norm_eps, self._f32(model.tok_embeddings.weight), self._f32(model.norm.weight),
+                           config.ffn_dim, config.vocab_size, cache.capacity, config.norm_eps,
+                           self._f32(model.tok_embeddings.weight), self._f32(model.norm.weight),
                            self._f32(cos), self._f32(sin), self._matrix(model.output), layers)
         self.vocab_size = config.vocab_size
         self.cache = cache

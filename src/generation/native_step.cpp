@@ -33,14 +33,13 @@ struct Layer {
     const float* ffn_norm;
     const float* q_norm;    // per-head query/key norms, or null
     const float* k_norm;
-    Matrix qkv, out, up, down;  // up: gate and up stacked (SwiGLU) or up alone (ReLU^2)
+    Matrix qkv, out, up, down;  // up: SwiGLU's gate and up projections, stacked
     float* keys;            // the cache: (rows, kv_heads, capacity, head_dim) float32
     float* values;
 };
 
 struct Model {
     int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, ffn, vocab, capacity;
-    int64_t relu2;          // 1: down(relu(up(x))^2); 0: SwiGLU
     float eps;
     const float* embedding; // (vocab, dim)
     const float* norm;
@@ -208,7 +207,7 @@ extern "C" int native_decode_step(const Model* m, int64_t rows, const int64_t* t
                                   float* logits, int threads) {
     const int64_t dim = m->dim, hd = m->head_dim, nh = m->n_heads, nkv = m->n_kv_heads, cap = m->capacity;
     const int64_t q_size = nh * hd, kv_size = nkv * hd, qkv_size = q_size + 2 * kv_size;
-    const int64_t up_size = m->relu2 ? m->ffn : 2 * m->ffn;
+    const int64_t up_size = 2 * m->ffn;
     for (int64_t r = 0; r < rows; r++)
         if (tokens[r] < 0 || tokens[r] >= m->vocab || positions[r] < 0 || positions[r] >= cap) return 1;
     x_buf.resize(rows * dim);
@@ -276,18 +275,11 @@ extern "C" int native_decode_step(const Model* m, int64_t rows, const int64_t* t
         for (int64_t r = 0; r < rows; r++) rms_norm(xb + r * dim, x + r * dim, layer.ffn_norm, dim, m->eps);
         matmul(hidden, xb, layer.up, rows, threads);
         const int64_t ffn = m->ffn;
-        for (int64_t r = 0; r < rows; r++) {  // the activation, written over the first ffn columns of the row
-            float* row = hidden + r * up_size;
+        for (int64_t r = 0; r < rows; r++) {  // silu(gate) * up, packed into rows of ffn (row r's
+            const float* row = hidden + r * up_size;  // output ends before row r's input starts)
             float* into = hidden + r * ffn;
-            if (m->relu2) {
-                for (int64_t i = 0; i < ffn; i++) {
-                    const float u = row[i] > 0.0f ? row[i] : 0.0f;
-                    into[i] = u * u;
-                }
-            } else {
 #pragma omp simd
-                for (int64_t i = 0; i < ffn; i++) into[i] = row[i] / (1.0f + exp_approx(-row[i])) * row[ffn + i];
-            }
+            for (int64_t i = 0; i < ffn; i++) into[i] = row[i] / (1.0f + exp_approx(-row[i])) * row[ffn + i];
         }
         matmul(xb, hidden, layer.down, rows, threads);
         for (int64_t i = 0; i < rows * dim; i++) x[i] += xb[i];

@@ -15,9 +15,6 @@ SIZE_LIMITS = {"vocab_size": 2**20, "d_model": 16_384, "n_layers": 256, "n_heads
                "max_seq_len": 131_072, "d_ffn": 65_536}
 
 
-ACTIVATIONS = ("swiglu", "relu2")
-
-
 def physical_memory_bytes() -> int | None:
     """This machine's RAM, or None where the OS does not say."""
     try:
@@ -47,7 +44,6 @@ class ModelConfig:
     dropout: float = 0.0
     tie_embeddings: bool = True
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE (not in Llama's layout)
-    activation: str = "swiglu"  # swiglu | relu2: down(relu(up(x))^2), no gate (not in Llama's layout)
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "d_model", "n_layers", "n_heads", "multiple_of", "max_seq_len")
@@ -74,8 +70,6 @@ class ModelConfig:
             raise ConfigError(f"model.d_ffn must be positive, got {self.d_ffn}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             raise ConfigError("model.rope_theta and model.norm_eps must be positive")
 
@@ -84,7 +78,7 @@ class ModelConfig:
     def num_weights(self) -> int:
         """Parameters of a WikiMiniModel of this shape (a tied output head counts once)."""
         attention = self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.kv_heads)
-        feed_forward = (3 if self.activation == "swiglu" else 2) * self.d_model * self.ffn_dim
+        feed_forward = 3 * self.d_model * self.ffn_dim
         qk_norms = 2 * self.head_dim if self.qk_norm else 0
         per_layer = attention + feed_forward + 2 * self.d_model + qk_norms
         heads = 1 if self.tie_embeddings else 2
@@ -108,8 +102,6 @@ class ModelConfig:
         """Why Llama's layout (HF, GGUF, llama2.c) cannot hold this shape, or None when it can."""
         if self.qk_norm:
             return "model.qk_norm=true has no place in Llama's layout"
-        if self.activation != "swiglu":
-            return f"model.activation={self.activation} has no place in Llama's layout (SwiGLU only)"
         return None
 
     @property

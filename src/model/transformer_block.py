@@ -1,6 +1,6 @@
 """WikiMiniModel: a Llama-2-style decoder (pre-norm RMSNorm, RoPE, SwiGLU, no biases).
 
-Read top to bottom: the feed-forward layers, TransformerBlock, then the model. Attention lives in
+Read top to bottom: FeedForward, TransformerBlock, then the model. Attention lives in
 attention.py, RMSNorm in norm.py, rotary tables in rope.py.
 """
 
@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.losses import IGNORE_INDEX
 from src.model.attention import Attention
 from src.model.config import ModelConfig
 from src.model.kv_cache import KVCache
@@ -35,25 +34,13 @@ class FeedForward(nn.Module):
         return self.down_proj(F.silu(gate) * up)
 
 
-class SquaredReLU(nn.Module):
-    """ReLU^2 (Primer): down(relu(up(x))^2), no gate."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.up_proj = nn.Linear(config.d_model, config.ffn_dim, bias=False)
-        self.down_proj = nn.Linear(config.ffn_dim, config.d_model, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.relu(self.up_proj(x)).square())
-
-
 class TransformerBlock(nn.Module):
     def __init__(self, config: ModelConfig, layer_index: int) -> None:
         super().__init__()
         self.attention_norm = RMSNorm(config.d_model, config.norm_eps)
         self.attention = Attention(config, layer_index)
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.feed_forward = FeedForward(config) if config.activation == "swiglu" else SquaredReLU(config)
+        self.feed_forward = FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, cos, sin, kv_cache: KVCache | None = None, input_pos=None, mask=None) -> torch.Tensor:
@@ -120,7 +107,6 @@ class WikiMiniModel(nn.Module):
         key_span: int | None = None,
         last_logits_only: bool = False,
         logit_positions: torch.Tensor | None = None,
-        z_loss: float = 0.0,
     ):
         """Logits for `input_ids` (B, T).
 
@@ -133,9 +119,6 @@ class WikiMiniModel(nn.Module):
         which is all that sampling needs; `logit_positions` (B,) picks one position per row
         instead (the last real token of each prompt in a right-padded batch). Either way the
         logits have shape (B, 1, V).
-
-        `z_loss` > 0 (training only) adds z_loss * log(Z)^2 per predicted token to the loss, which
-        keeps the softmax normalizer near 1 (PaLM).
         """
         batch, seq_len = input_ids.shape
         mask = None
@@ -168,11 +151,6 @@ class WikiMiniModel(nn.Module):
         logits = self.output(x)
         if targets is None:
             return logits
-        # targets of IGNORE_INDEX (-100, padding) are skipped, cross_entropy's default
-        flat_logits, flat_targets = logits.float().view(-1, logits.size(-1)), targets.reshape(-1)
-        loss = F.cross_entropy(flat_logits, flat_targets)
-        if z_loss:
-            counted = (flat_targets != IGNORE_INDEX).float()
-            log_z = torch.logsumexp(flat_logits, dim=-1)
-            loss = loss + z_loss * (log_z.square() * counted).sum() / counted.sum().clamp(min=1)
+        # targets of -100 (src.losses.IGNORE_INDEX: padding) are skipped, cross_entropy's default
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss

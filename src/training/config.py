@@ -71,9 +71,6 @@ class TrainingConfig:
     keep_best: int = 1  # checkpoint_best_ppl_*.pth files kept
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
     early_stopping_min_delta: float = 0.0  # val_loss must drop by more than this to count
-    z_loss: float = 0.0  # weight of log(Z)^2 added to the training loss (PaLM uses 1e-4); 0 = off
-    ema_decay: float | None = None  # evaluate and save an EMA of the weights with this decay (e.g. 0.999)
-    batch_ramp: float = 0.0  # share of the run over which the step grows from 1 to grad_accum_steps micro-batches
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "grad_accum_steps", "eval_interval", "save_interval", "keep_best")
@@ -92,12 +89,6 @@ class TrainingConfig:
             raise ConfigError(f"training.max_minutes must be a positive number of minutes, got {self.max_minutes}")
         if self.max_grad_norm < 0 or self.early_stopping_min_delta < 0:
             raise ConfigError("training.max_grad_norm and training.early_stopping_min_delta must be >= 0")
-        if not (math.isfinite(self.z_loss) and self.z_loss >= 0):
-            raise ConfigError(f"training.z_loss must be a number >= 0, got {self.z_loss}")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ConfigError(f"training.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
-        if not 0.0 <= self.batch_ramp <= 1.0:
-            raise ConfigError(f"training.batch_ramp must be in [0, 1], got {self.batch_ramp}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"training.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if isinstance(self.compile, str) and self.compile != "auto":

@@ -29,10 +29,8 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,  # None: no loss scaling (a disabled scaler)
     max_grad_norm: float = 0.0,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
-    z_loss: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(mean loss over the micro-batches, pre-clip gradient norm or None), both still on device.
-    `z_loss` > 0 adds that weight times the mean log(Z)^2 to the loss (kept in the reported loss)."""
+    """(mean loss over the micro-batches, pre-clip gradient norm or None), both still on device."""
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=device)
@@ -45,7 +43,7 @@ def train_step(
         last = micro == accum_steps - 1
         with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
             with precision.autocast():
-                _, loss = model(x, y, z_loss=z_loss) if z_loss else model(x, y)
+                _, loss = model(x, y)
             scaled = loss / accum_steps
             scaler.scale(scaled).backward()
         loss_sum += loss.detach().float()

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from src.config_utils import ConfigError
@@ -189,10 +188,6 @@ class Trainer:
             self.log(f"initialized from {cfg.init_from} (fresh optimizer and schedule)")
         self.model.to(self.device)
         self.seq_len = config.model.max_seq_len
-        # An exponential moving average of the weights: what is evaluated, sampled and saved as best
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) \
-            if cfg.ema_decay is not None else None
-        self.eval_model = self.ema.module if self.ema is not None else self.model
 
     def _load_data(self) -> None:
         """Training batches and validation tokens, and the run's length in steps or minutes."""
@@ -204,8 +199,7 @@ class Trainer:
             self.config.data, self.tokenizer, self.seq_len, cfg.batch_size, cfg.seed, info, max_val_windows
         )
         self.batches = self.data.train
-        self.tokens_per_micro_batch = cfg.batch_size * self.seq_len * info.world_size
-        self.tokens_per_step = self.tokens_per_micro_batch * cfg.grad_accum_steps
+        self.tokens_per_step = cfg.batch_size * self.seq_len * cfg.grad_accum_steps * info.world_size
         self.budget_seconds = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
         if cfg.max_steps is not None or self.budget_seconds is not None:
             self.total_steps = cfg.max_steps  # None: the budget alone ends the run
@@ -278,17 +272,14 @@ class Trainer:
         saved_at = -1
         self.bar = self.make_progress_bar()
         # tokens/s is measured over each log interval, leaving out evaluation and checkpoint time
-        self.interval_start, self.interval_paused, self.interval_tokens = time.perf_counter(), 0.0, self.tokens_seen
+        self.interval_start, self.interval_paused, self.interval_step = time.perf_counter(), 0.0, self.step
         with GracefulStop() as stop:
             while not self.finished():
                 lr = self.schedule(self.step, self.progress())
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_ratio", 1.0)
                 started, compiling = time.perf_counter(), self.compile_pending
-                accum_steps = self.accum_steps()
-                loss, grad_norm = self.run_step(accum_steps)
-                if self.ema is not None:
-                    self.ema.update_parameters(self.model)
+                loss, grad_norm = self.run_step()
                 if compiling:
                     self.compile_seconds += time.perf_counter() - started
                     self.log(f"first step (compilation) took {self.compile_seconds:.1f} s"
@@ -296,7 +287,7 @@ class Trainer:
                 else:
                     self.train_seconds += time.perf_counter() - started
                 self.step += 1
-                self.tokens_seen += self.tokens_per_micro_batch * accum_steps
+                self.tokens_seen += self.tokens_per_step
                 self.loss_sum += loss
                 self.loss_steps += 1
                 if self.bar is not None:
@@ -355,44 +346,35 @@ class Trainer:
             parts.append(f"{self.budget_seconds / 60:g} minutes of training")
         return " or ".join(parts)
 
-    def accum_steps(self) -> int:
-        """Micro-batches in this step: grad_accum_steps, or fewer early in a `batch_ramp`."""
-        cfg = self.config.training
-        done = self.progress() if self.budget_seconds is not None else self.step / max(1, self.total_steps or 1)
-        if done >= cfg.batch_ramp:
-            return cfg.grad_accum_steps
-        return min(cfg.grad_accum_steps, 1 + int(done / cfg.batch_ramp * cfg.grad_accum_steps))
-
-    def run_step(self, accum_steps: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def run_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One optimizer step; the first compiled step falls back to eager if compilation fails."""
         if not self.compile_pending:
-            return self.step_once(accum_steps)
+            return self.step_once()
         data_state, rng_state = self.batches.state_dict(), capture_rng_state()
         try:
-            return self.step_once(accum_steps)
+            return self.step_once()
         except Exception as exc:
             first_line = (str(exc).strip().splitlines() or [""])[0][:200]
             self.warn(f"torch.compile failed ({type(exc).__name__}: {first_line}); falling back to eager mode")
             self.train_model = self.eager_model
             self.batches.load_state_dict(data_state)
             restore_rng_state(rng_state)
-            return self.step_once(accum_steps)
+            return self.step_once()
         finally:
             self.compile_pending = False
 
-    def step_once(self, accum_steps: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def step_once(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config.training
         return train_step(
             self.train_model,
             self.optimizer,
             self.batches.next_batch,
-            accum_steps,
+            cfg.grad_accum_steps,
             self.precision,
             self.device,
             scaler=self.scaler,
             max_grad_norm=cfg.max_grad_norm,
             no_sync=self.ddp.no_sync if self.ddp is not None else None,
-            z_loss=cfg.z_loss,
         )
 
     # ------------------------------------------------------------------------------------------
@@ -406,8 +388,8 @@ class Trainer:
         self.loss_steps = 0
         now = time.perf_counter()
         seconds = max(now - self.interval_start - self.interval_paused, 1e-9)
-        tokens_per_s = (self.tokens_seen - self.interval_tokens) / seconds
-        self.interval_start, self.interval_paused, self.interval_tokens = now, 0.0, self.tokens_seen
+        tokens_per_s = (self.step - self.interval_step) * self.tokens_per_step / seconds
+        self.interval_start, self.interval_paused, self.interval_step = now, 0.0, self.step
         self.last_train_loss = train_loss
         if not self.info.is_main:
             return
@@ -447,7 +429,7 @@ class Trainer:
         if self.data.val_tokens is None:
             return False
         started = time.perf_counter()
-        result = evaluate(self.eval_model, self.data.val_tokens, self.data.val_bytes, self.seq_len,
+        result = evaluate(self.model, self.data.val_tokens, self.data.val_bytes, self.seq_len,
                           self.eval_batch_size, self.precision, self.device, self.info)
         scores = {"val_loss": result.loss, "val_ppl": result.ppl, "val_bpb": result.bpb}
         self.early_stopping.update(scores)
@@ -469,7 +451,7 @@ class Trainer:
         if self.samples is None:
             return
         log_cfg = self.config.logging
-        stories = sample_stories(self.eval_model, self.tokenizer, list(log_cfg.sample_prompts), log_cfg.sample_max_tokens,
+        stories = sample_stories(self.model, self.tokenizer, list(log_cfg.sample_prompts), log_cfg.sample_max_tokens,
                                  log_cfg.sample_seed)
         self.samples.write(self.step, stories)
         for index, story in enumerate(stories):
@@ -483,13 +465,13 @@ class Trainer:
         return {"step": self.step, "train_loss": self.last_train_loss, **self.early_stopping.last_eval}
 
     def save_best(self, path: Path) -> None:
-        save_checkpoint(path, self.eval_model, self.tokenizer, config=self.config.to_dict(),
+        save_checkpoint(path, self.model, self.tokenizer, config=self.config.to_dict(),
                         metrics=self.checkpoint_metrics())
 
     def resumable(self) -> dict[str, Any]:
         """Every component that a resume must restore, each with state_dict()/load_state_dict().
         The model's weights travel separately, as the checkpoint's `model_state_dict`."""
-        components = {
+        return {
             "progress": self,
             "optimizer": self.optimizer,
             "scaler": self.scaler,
@@ -497,9 +479,6 @@ class Trainer:
             "early_stopping": self.early_stopping,
             "best_checkpoints": self.best,
         }
-        if self.ema is not None:
-            components["ema"] = self.ema
-        return components
 
     def state_dict(self) -> dict[str, Any]:
         """The run's own counters (the "progress" component)."""
