@@ -257,11 +257,11 @@ class DecodeBatch:
         if self._settings is None:
             self._settings = RowSettings.of([r.params for r in self.requests], self.device)
         n = len(self.requests)
-        ids = torch.tensor([[r.next_input] for r in self.requests], dtype=torch.long, device=self.device)
-        positions = torch.tensor(self.lengths[:n], device=self.device)[:, None]
         if self._native is not None:
-            logits = self._native(ids[:, 0], positions[:, 0])
+            logits = self._native([r.next_input for r in self.requests], self.lengths[:n])
         else:
+            ids = torch.tensor([[r.next_input] for r in self.requests], dtype=torch.long, device=self.device)
+            positions = torch.tensor(self.lengths[:n], device=self.device)[:, None]
             logits = self._compiled_logits(ids, positions, self.cache) if n == 1 and self._compiled_forward is not None else None
             if logits is None:
                 logits = self.model(ids, kv_cache=self.cache, input_pos=positions)[:, -1]

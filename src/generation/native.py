@@ -36,6 +36,7 @@ from src.model.rope import rope_cos_sin
 from src.model.transformer_block import WikiMiniModel
 
 SOURCE = Path(__file__).with_name("native_step.cpp")
+MAX_HEAD_DIM = 256  # native_step.cpp's attention accumulates one head in a buffer of this size
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 
 
@@ -110,8 +111,8 @@ def _load() -> ctypes.CDLL:
             if result.returncode != 0:
                 raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-300:]}")
     lib = ctypes.CDLL(str(path))
-    lib.native_decode_step.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                                       ctypes.c_void_p, ctypes.c_int]
+    lib.native_decode_step.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, ctypes.POINTER(ctypes.c_int64),
+                                       ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p, ctypes.c_int]
     lib.native_decode_step.restype = ctypes.c_int
     return lib
 
@@ -123,6 +124,8 @@ def supports(model: WikiMiniModel, cache: KVCache) -> str | None:
         return "it runs on CPU only"
     if cache.keys[0].dtype != torch.float32:
         return "it needs a float32 KV cache"
+    if model.config.head_dim > MAX_HEAD_DIM:
+        return f"its head size is at most {MAX_HEAD_DIM}"
     linear = model.layers[0].attention.qkv_proj
     if not isinstance(linear, Int8Linear) and linear.weight.dtype != torch.float32:
         return f"it takes float32 or int8 weights, not {linear.weight.dtype}"
@@ -156,6 +159,7 @@ class NativeStep:
                            self._f32(cos), self._f32(sin), self._matrix(model.output), layers)
         self.vocab_size = config.vocab_size
         self.cache = cache
+        self._logits: torch.Tensor | None = None
 
     def _ptr(self, tensor: torch.Tensor) -> int:
         if not tensor.is_contiguous():
@@ -174,14 +178,18 @@ class NativeStep:
         weight = linear.weight.detach()
         return Matrix(self._f32(weight), None, None, None, weight.shape[0], weight.shape[1])
 
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """tokens, positions: (rows,) int64 on CPU; positions below the cache's capacity."""
-        tokens, positions = tokens.contiguous(), positions.contiguous()
-        logits = torch.empty(tokens.shape[0], self.vocab_size, dtype=torch.float32)
-        status = self._lib.native_decode_step(ctypes.byref(self.model), tokens.shape[0], tokens.data_ptr(),
-                                              positions.data_ptr(), logits.data_ptr(), torch.get_num_threads())
+    def __call__(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """Logits (rows, V) for one token per row, row i's token at position positions[i] (below
+        the cache's capacity). The tensor is reused: it holds these logits until the next call."""
+        rows = len(tokens)
+        if self._logits is None or self._logits.shape[0] < rows:
+            self._logits = torch.empty(rows, self.vocab_size, dtype=torch.float32)
+        logits = self._logits[:rows]
+        status = self._lib.native_decode_step(ctypes.byref(self.model), rows, (ctypes.c_int64 * rows)(*tokens),
+                                              (ctypes.c_int64 * rows)(*positions), logits.data_ptr(),
+                                              torch.get_num_threads())
         if status != 0:
-            raise ValueError("native decode step: a token id or position is out of range")
+            raise ValueError(f"native decode step: a token id or position is out of range ({tokens}, {positions})")
         return logits
 
 

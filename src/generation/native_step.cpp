@@ -61,7 +61,7 @@ thread_local std::vector<float> xscale_buf;
 // exp(x) as Cephes' expf computes it: 2^k exp(r) with |r| <= ln2/2 and a degree-6 polynomial
 // (about 1 ulp), written so the compiler vectorizes the loops that call it.
 inline float exp_approx(float x) {
-    x = std::fmin(std::fmax(x, -87.3f), 88.7f);
+    x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
     const float k = std::floor(x * 1.44269504088896341f + 0.5f);
     const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -141,6 +141,36 @@ inline float dot_f32(const float* a, const float* b, int64_t n) {
     return sum;
 }
 
+// One head's attention: o = softmax(q k^T / sqrt(hd)) v over `span` cached positions. HD > 0 fixes
+// the head size at compile time, so the output accumulates in registers.
+template <int HD>
+void attend(float* o, const float* q, const float* keys, const float* values, float* scores, int64_t span,
+            int64_t head_dim) {
+    const int64_t hd = HD > 0 ? HD : head_dim;
+    const float scale = 1.0f / std::sqrt(float(hd));
+    float top = -INFINITY;
+    for (int64_t t = 0; t < span; t++) {
+        scores[t] = dot_f32(q, keys + t * hd, hd) * scale;
+        top = top > scores[t] ? top : scores[t];
+    }
+    float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+    for (int64_t t = 0; t < span; t++) {
+        scores[t] = exp_approx(scores[t] - top);
+        total += scores[t];
+    }
+    float acc[HD > 0 ? HD : 256];
+    for (int64_t i = 0; i < hd; i++) acc[i] = 0.0f;
+    for (int64_t t = 0; t < span; t++) {
+        const float weight = scores[t];
+        const float* v = values + t * hd;
+#pragma omp simd
+        for (int64_t i = 0; i < hd; i++) acc[i] += weight * v[i];
+    }
+    const float inv = 1.0f / total;
+    for (int64_t i = 0; i < hd; i++) o[i] = acc[i] * inv;
+}
+
 // y (rows, w.out) = x (rows, w.in) @ w^T
 void matmul(float* y, const float* x, const Matrix& w, int64_t rows, int threads) {
     const int64_t in = w.in, out = w.out;
@@ -157,11 +187,16 @@ void matmul(float* y, const float* x, const Matrix& w, int64_t rows, int threads
     for (int64_t r = 0; r < rows; r++) {
         const float* xr = x + r * in;
         float amax = 0.0f;
-        for (int64_t i = 0; i < in; i++) amax = std::fmax(amax, std::fabs(xr[i]));
+#pragma omp simd reduction(max : amax)
+        for (int64_t i = 0; i < in; i++) amax = amax > std::fabs(xr[i]) ? amax : std::fabs(xr[i]);
         const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
         const float inv = 1.0f / s;
         uint8_t* q = xq_buf.data() + r * in;
-        for (int64_t i = 0; i < in; i++) q[i] = uint8_t(int32_t(std::nearbyint(xr[i] * inv)) + 128);
+#pragma omp simd
+        for (int64_t i = 0; i < in; i++) {  // round half away from zero, in [1, 255]
+            const float v = xr[i] * inv;
+            q[i] = uint8_t(int32_t(v + (v >= 0.0f ? 0.5f : -0.5f)) + 128);
+        }
         xscale_buf[r] = s;
     }
     const uint8_t* xq = xq_buf.data();
@@ -215,10 +250,10 @@ extern "C" int native_decode_step(const Model* m, int64_t rows, const int64_t* t
     qkv_buf.resize(rows * qkv_size);
     att_buf.resize(rows * q_size);
     hidden_buf.resize(rows * (up_size > dim ? up_size : dim));
+    score_buf.resize(rows * nh * cap);
     float *x = x_buf.data(), *xb = xb_buf.data(), *qkv = qkv_buf.data(), *att = att_buf.data();
     float* hidden = hidden_buf.data();
     for (int64_t r = 0; r < rows; r++) std::memcpy(x + r * dim, m->embedding + tokens[r] * dim, dim * sizeof(float));
-    const float attention_scale = 1.0f / std::sqrt(float(hd));
 
     for (int64_t l = 0; l < m->n_layers; l++) {
         const Layer& layer = m->layers[l];
@@ -243,30 +278,15 @@ extern "C" int native_decode_step(const Model* m, int64_t rows, const int64_t* t
         // Attention of each (row, head) over its row's positions 0..pos, softmax in float32.
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows * nh > 1)
         for (int64_t rh = 0; rh < rows * nh; rh++) {
-            const int64_t r = rh / nh, h = rh % nh, kvh = h / (nh / nkv), span = positions[r] + 1;
-            const float* q = qkv + r * qkv_size + h * hd;
-            const float* keys = layer.keys + (r * nkv + kvh) * cap * hd;
-            const float* values = layer.values + (r * nkv + kvh) * cap * hd;
-            thread_local std::vector<float> scores;
-            scores.resize(span);
-            float top = -INFINITY;
-            for (int64_t t = 0; t < span; t++) {
-                scores[t] = dot_f32(q, keys + t * hd, hd) * attention_scale;
-                top = std::fmax(top, scores[t]);
-            }
-            float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-            for (int64_t t = 0; t < span; t++) {
-                scores[t] = exp_approx(scores[t] - top);
-                total += scores[t];
-            }
+            const int64_t r = rh / nh, h = rh % nh, kvh = h / (nh / nkv);
+            const int64_t at = (r * nkv + kvh) * cap * hd;
             float* o = att + r * q_size + h * hd;
-            std::memset(o, 0, hd * sizeof(float));
-            for (int64_t t = 0; t < span; t++) {
-                const float weight = scores[t] / total;
-                const float* v = values + t * hd;
-#pragma omp simd
-                for (int64_t i = 0; i < hd; i++) o[i] += weight * v[i];
+            const float* q = qkv + r * qkv_size + h * hd;
+            float* scores = score_buf.data() + rh * cap;
+            switch (hd) {  // the common head sizes with the output in registers
+                case 32: attend<32>(o, q, layer.keys + at, layer.values + at, scores, positions[r] + 1, hd); break;
+                case 64: attend<64>(o, q, layer.keys + at, layer.values + at, scores, positions[r] + 1, hd); break;
+                default: attend<0>(o, q, layer.keys + at, layer.values + at, scores, positions[r] + 1, hd);
             }
         }
         matmul(xb, att, layer.out, rows, threads);
