@@ -276,13 +276,14 @@ extern "C" int native_decode_step(const Model* m, int64_t rows, const int64_t* t
             }
         }
         // Attention of each (row, head) over its row's positions 0..pos, softmax in float32.
+        float* score_base = score_buf.data();  // this thread's scratch, shared with the team
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows * nh > 1)
         for (int64_t rh = 0; rh < rows * nh; rh++) {
             const int64_t r = rh / nh, h = rh % nh, kvh = h / (nh / nkv);
             const int64_t at = (r * nkv + kvh) * cap * hd;
             float* o = att + r * q_size + h * hd;
             const float* q = qkv + r * qkv_size + h * hd;
-            float* scores = score_buf.data() + rh * cap;
+            float* scores = score_base + rh * cap;
             switch (hd) {  // the common head sizes with the output in registers
                 case 32: attend<32>(o, q, layer.keys + at, layer.values + at, scores, positions[r] + 1, hd); break;
                 case 64: attend<64>(o, q, layer.keys + at, layer.values + at, scores, positions[r] + 1, hd); break;
