@@ -5,8 +5,9 @@ For each model (the bundled demo model; the 24.5M reference shapes with random w
 10K tokenizer) and each thread count, one run measures:
 
 - ours: the Generator exactly as `generate.py` builds it with no flag (`load_for_inference`,
-  precision auto, the default decode path), greedy, --new-tokens tokens, EOS ignored; then the
-  same with `--compile` (its one-off compile reported as compile_s, not in the rate);
+  precision auto, the default decode path: the native step), greedy, --new-tokens tokens, EOS
+  ignored; then the PyTorch step compiled, the path where the native step cannot run (its
+  one-off compile reported as compile_s, not in the rate);
 - llama.cpp (llama-cpp-python): our GGUF export (`convert_hf.py gguf`, q8_0 and f32), the same
   prompt, a greedy loop of `Llama.eval` calls from Python, like ours;
 - llama-bench: llama.cpp's own text-generation figure (`-p 0 -n N`, C++ only), when the binary
@@ -71,6 +72,7 @@ def ours(checkpoint: Path, threads: int, new_tokens: int, repeats: int, compiled
     torch.set_num_threads(threads)
     loaded = load_for_inference(checkpoint, announce=False)
     generator = Generator.from_loaded(loaded, compile_decode=compiled)
+    generator.native = not compiled  # --compile: the PyTorch step, compiled (where native cannot run)
     params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=new_tokens, stop_at_eos=False)
     start = time.perf_counter()
     generator.generate(PROMPT, params)
@@ -84,6 +86,7 @@ def profile_default_path(checkpoint: Path, threads: int, new_tokens: int, compil
 
     torch.set_num_threads(threads)
     generator = Generator.from_loaded(load_for_inference(checkpoint, announce=False), compile_decode=compiled)
+    generator.native = not compiled
     params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=new_tokens, stop_at_eos=False)
     generator.generate(PROMPT, params)  # warm-up (and compile)
     start = time.perf_counter()

@@ -13,6 +13,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from src.data.tokenizer import train_bpe_tokenizer  # noqa: E402
+from src.generation.native import NativeStep  # noqa: E402
 from src.model.checkpoint import save_checkpoint  # noqa: E402
 from src.model.transformer_block import WikiMiniModel  # noqa: E402
 
@@ -62,6 +63,14 @@ def before_each_forward(monkeypatch, model, hook) -> None:
         return real_forward(*args, **kwargs)
 
     monkeypatch.setattr(model, "forward", forward)
+    real_step = NativeStep.__call__
+
+    def native_step(step, *args, **kwargs):  # a decode step that runs natively, without forward
+        if step.model is model:
+            hook()
+        return real_step(step, *args, **kwargs)
+
+    monkeypatch.setattr(NativeStep, "__call__", native_step)
 
 
 def parse_sse(lines) -> list:

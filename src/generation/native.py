@@ -126,9 +126,15 @@ def supports(model: WikiMiniModel, cache: KVCache) -> str | None:
         return "it needs a float32 KV cache"
     if model.config.head_dim > MAX_HEAD_DIM:
         return f"its head size is at most {MAX_HEAD_DIM}"
-    linear = model.layers[0].attention.qkv_proj
-    if not isinstance(linear, Int8Linear) and linear.weight.dtype != torch.float32:
-        return f"it takes float32 or int8 weights, not {linear.weight.dtype}"
+    matrices = [model.output] + [m for block in model.layers for m in (
+        block.attention.qkv_proj, block.attention.out_proj, block.feed_forward.gate_up_proj, block.feed_forward.down_proj)]
+    for matrix in matrices:
+        if isinstance(matrix, Int8Linear):
+            continue
+        if not isinstance(matrix, torch.nn.Linear) or matrix.bias is not None:
+            return f"it takes bias-free linear layers, not {type(matrix).__name__}"
+        if matrix.weight.dtype != torch.float32:
+            return f"it takes float32 or int8 weights, not {matrix.weight.dtype}"
     return None
 
 
@@ -153,7 +159,8 @@ class NativeStep:
                               self._matrix(block.feed_forward.down_proj),
                               self._ptr(cache.keys[i]), self._ptr(cache.values[i]))
         self._layers = layers
-        self.model = Model(config.d_model, config.n_layers, config.n_heads, config.kv_heads, config.head_dim,
+        self.model = model
+        self._spec = Model(config.d_model, config.n_layers, config.n_heads, config.kv_heads, config.head_dim,
                            config.ffn_dim, config.vocab_size, cache.capacity, config.norm_eps,
                            self._f32(model.tok_embeddings.weight), self._f32(model.norm.weight),
                            self._f32(cos), self._f32(sin), self._matrix(model.output), layers)
@@ -185,7 +192,7 @@ class NativeStep:
         if self._logits is None or self._logits.shape[0] < rows:
             self._logits = torch.empty(rows, self.vocab_size, dtype=torch.float32)
         logits = self._logits[:rows]
-        status = self._lib.native_decode_step(ctypes.byref(self.model), rows, (ctypes.c_int64 * rows)(*tokens),
+        status = self._lib.native_decode_step(ctypes.byref(self._spec), rows, (ctypes.c_int64 * rows)(*tokens),
                                               (ctypes.c_int64 * rows)(*positions), logits.data_ptr(),
                                               torch.get_num_threads())
         if status != 0:
