@@ -51,12 +51,11 @@ def test_requests_sharing_a_prompt_are_prefilled_once_and_still_equal_each_alone
     prompts = ["Once upon a time", "The dog", "Once upon a time", "Once upon a time", "The dog"]
     requests = [generator.new_request(generator.encode_prompt(p), params, seed=i) for i, p in enumerate(prompts)]
     batch = DecodeBatch(generator.model, generator.eos_id, slots=5)
-    calls = []
-    original = generator.model.forward
-    generator.model.forward = lambda ids, *a, **k: calls.append(ids.shape) or original(ids, *a, **k)
+    prefilled = []
+    original = batch._prefill
+    batch._prefill = lambda start, windows, **k: prefilled.append(len(windows)) or original(start, windows, **k)
     batch.admit(requests)
-    generator.model.forward = original
-    assert calls[0][0] == 2  # two distinct windows prefilled, three rows copied
+    assert prefilled == [2]  # two distinct windows prefilled, three rows copied
     while batch.requests:
         batch.step()
     assert [r.generated for r in requests] == [alone(generator, p, params, i) for i, p in enumerate(prompts)]
@@ -140,13 +139,13 @@ def test_prefix_cache_restores_a_seen_prompt_without_prefill_and_changes_nothing
     batch.admit([first])
     while batch.requests:
         batch.step()
-    calls = []
-    original = generator.model.forward
-    generator.model.forward = lambda ids, *a, **k: calls.append(tuple(ids.shape)) or original(ids, *a, **k)
+    prefilled = []
+    original = batch._prefill
+    batch._prefill = lambda start, windows, **k: prefilled.append(len(windows)) or original(start, windows, **k)
     again = [generator.new_request(generator.encode_prompt(p), params, seed=s) for s, p in ((2, PROMPTS[0]), (3, PROMPTS[1]))]
     batch.admit(again)
-    generator.model.forward = original
-    assert calls[0][0] == 1  # only the unseen prompt was prefilled; the seen one came from the cache
+    batch._prefill = original
+    assert prefilled == [1]  # only the unseen prompt was prefilled; the seen one came from the cache
     while batch.requests:
         batch.step()
     assert first.generated == alone(generator, PROMPTS[0], params, 1)

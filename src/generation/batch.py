@@ -221,6 +221,11 @@ class DecodeBatch:
         """Write each window's keys/values into rows start, start+1, ...; optionally return the
         logits after each window's last token (n, V)."""
         lengths = [len(w) for w in windows]
+        if self._native is not None and all(lengths):  # each window in one native call
+            logits = [self._native(w, list(range(len(w))), [row] * len(w))[-1].clone()
+                      for row, w in enumerate(windows, start)]
+            self.lengths[start:start + len(windows)] = lengths
+            return torch.stack(logits) if want_logits else None
         longest = max(lengths)
         # Right padding is harmless: a real position only attends to earlier positions, and
         # the padded positions' keys are overwritten or masked before any query can see them.

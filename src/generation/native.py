@@ -111,8 +111,9 @@ def _load() -> ctypes.CDLL:
             if result.returncode != 0:
                 raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-300:]}")
     lib = ctypes.CDLL(str(path))
-    lib.native_decode_step.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, ctypes.POINTER(ctypes.c_int64),
-                                       ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p, ctypes.c_int]
+    int64s = ctypes.POINTER(ctypes.c_int64)
+    lib.native_decode_step.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, int64s, int64s, int64s, ctypes.c_void_p,
+                                       ctypes.c_int]
     lib.native_decode_step.restype = ctypes.c_int
     return lib
 
@@ -185,15 +186,18 @@ class NativeStep:
         weight = linear.weight.detach()
         return Matrix(self._f32(weight), None, None, None, weight.shape[0], weight.shape[1])
 
-    def __call__(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
-        """Logits (rows, V) for one token per row, row i's token at position positions[i] (below
-        the cache's capacity). The tensor is reused: it holds these logits until the next call."""
+    def __call__(self, tokens: list[int], positions: list[int], cache_rows: list[int] | None = None) -> torch.Tensor:
+        """Logits (rows, V) for one token per row: token i at position positions[i] (below the
+        cache's capacity) of cache row cache_rows[i] (default i). Tokens of one cache row at
+        consecutive positions are a prefill. The tensor is reused: valid until the next call."""
         rows = len(tokens)
         if self._logits is None or self._logits.shape[0] < rows:
             self._logits = torch.empty(rows, self.vocab_size, dtype=torch.float32)
         logits = self._logits[:rows]
         status = self._lib.native_decode_step(ctypes.byref(self._spec), rows, (ctypes.c_int64 * rows)(*tokens),
-                                              (ctypes.c_int64 * rows)(*positions), logits.data_ptr(),
+                                              (ctypes.c_int64 * rows)(*positions),
+                                              None if cache_rows is None else (ctypes.c_int64 * rows)(*cache_rows),
+                                              logits.data_ptr(),
                                               torch.get_num_threads())
         if status != 0:
             raise ValueError(f"native decode step: a token id or position is out of range ({tokens}, {positions})")

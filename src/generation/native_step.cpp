@@ -238,8 +238,11 @@ void rope(float* v, const float* cos, const float* sin, int64_t head_dim) {
 
 }  // namespace
 
+// Row r's token goes to cache row cache_rows[r] (r when null) at positions[r]. Rows may share a
+// cache row: a prompt's tokens at consecutive positions are then prefilled in one call, since
+// each layer writes every row's key/value before any row attends.
 extern "C" int native_decode_step(const Model* m, int64_t rows, const int64_t* tokens, const int64_t* positions,
-                                  float* logits, int threads) {
+                                  const int64_t* cache_rows, float* logits, int threads) {
     const int64_t dim = m->dim, hd = m->head_dim, nh = m->n_heads, nkv = m->n_kv_heads, cap = m->capacity;
     const int64_t q_size = nh * hd, kv_size = nkv * hd, qkv_size = q_size + 2 * kv_size;
     const int64_t up_size = 2 * m->ffn;
@@ -269,8 +272,9 @@ extern "C" int native_decode_step(const Model* m, int64_t rows, const int64_t* t
                 if (norm) rms_norm(head, head, norm, hd, m->eps);
                 rope(head, cos, sin, hd);
             }
+            const int64_t row = cache_rows ? cache_rows[r] : r;
             for (int64_t h = 0; h < nkv; h++) {
-                const int64_t at = ((r * nkv + h) * cap + pos) * hd;
+                const int64_t at = ((row * nkv + h) * cap + pos) * hd;
                 std::memcpy(layer.keys + at, q + q_size + h * hd, hd * sizeof(float));
                 std::memcpy(layer.values + at, q + q_size + kv_size + h * hd, hd * sizeof(float));
             }
@@ -280,7 +284,7 @@ extern "C" int native_decode_step(const Model* m, int64_t rows, const int64_t* t
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows * nh > 1)
         for (int64_t rh = 0; rh < rows * nh; rh++) {
             const int64_t r = rh / nh, h = rh % nh, kvh = h / (nh / nkv);
-            const int64_t at = (r * nkv + kvh) * cap * hd;
+            const int64_t at = ((cache_rows ? cache_rows[r] : r) * nkv + kvh) * cap * hd;
             float* o = att + r * q_size + h * hd;
             const float* q = qkv + r * qkv_size + h * hd;
             float* scores = score_base + rh * cap;

@@ -26,12 +26,14 @@ class RowSettings:
     """Per-row sampling settings as (n, 1) tensors, built once per batch composition."""
 
     temperature: torch.Tensor
+    divisor: torch.Tensor  # the temperature, 1 for greedy rows: what logits are divided by
     top_k: torch.Tensor  # 0 = off
     top_p: torch.Tensor
     penalty: torch.Tensor
     all_greedy: bool
     any_greedy: bool
     any_penalty: bool
+    any_filter: bool  # some row has top-k or top-p: candidates must be sorted by logit
     max_top_k: int  # 0 when some row has top-k off: candidates are then the whole vocabulary
 
     @classmethod
@@ -42,12 +44,14 @@ class RowSettings:
         top_ks = [p.top_k for p in params]
         return cls(
             temperature=column([p.temperature for p in params]),
+            divisor=column([p.temperature if p.temperature > 0 else 1.0 for p in params]),
             top_k=column(top_ks, torch.long),
             top_p=column([p.top_p for p in params]),
             penalty=column([p.repetition_penalty for p in params]),
             all_greedy=all(p.temperature == 0 for p in params),
             any_greedy=any(p.temperature == 0 for p in params),
             any_penalty=any(p.repetition_penalty != 1.0 for p in params),
+            any_filter=any(p.top_k > 0 or p.top_p < 1.0 for p in params),
             max_top_k=0 if 0 in top_ks else max(top_ks),
         )
 
@@ -61,16 +65,22 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 def candidates(logits: torch.Tensor, rows: RowSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """(filtered scaled logits, token ids), both (n, C) sorted by logit, -inf where filtered out.
 
+    A row with neither top-k nor top-p keeps every token in vocabulary order instead, in any batch,
+    so its draws do not depend on its neighbours; a batch of only such rows needs no sort.
+
     `logits` are already penalized. Candidates are the top max(top_k) tokens (the whole
     vocabulary when a row has top-k off); within them each row keeps its own top-k (ties at the
     k-th value kept, as transformers does) and then its own top-p nucleus.
     """
     vocab = logits.size(-1)
+    temperature = rows.divisor
+    if not rows.any_filter:  # plain sampling: every token a candidate, in vocabulary order, no sort
+        return logits / temperature, torch.arange(vocab, device=logits.device).expand(logits.size(0), vocab)
     if 0 < rows.max_top_k < vocab:  # a positive temperature keeps the order: select, then scale
         values, ids = torch.topk(logits, rows.max_top_k, dim=-1)
     else:
         values, ids = torch.sort(logits, dim=-1, descending=True)
-    values = values / torch.where(rows.temperature > 0, rows.temperature, torch.ones_like(rows.temperature))
+    values = values / temperature
     k = torch.where(rows.top_k > 0, rows.top_k, vocab).clamp(max=values.size(-1))
     kth_value = values.gather(-1, k - 1)
     values = values.masked_fill(values < kth_value, float("-inf"))
@@ -79,6 +89,10 @@ def candidates(logits: torch.Tensor, rows: RowSettings) -> tuple[torch.Tensor, t
     probs = values.softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs
     values = values.masked_fill(before >= rows.top_p, float("-inf"))
+    plain = (rows.top_k == 0) & (rows.top_p >= 1.0)  # (n, 1): rows that filter nothing
+    if plain.any():  # ... keep vocabulary order, as they would alone (then C == V: their top_k is 0)
+        values = torch.where(plain, logits / temperature, values)
+        ids = torch.where(plain, torch.arange(vocab, device=logits.device), ids)
     return values, ids
 
 
