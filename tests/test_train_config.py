@@ -28,7 +28,8 @@ def test_reference_config_is_the_seed_recipe():
     assert (s.warmup_steps, s.min_lr) == (2000, 5e-5)
 
 
-@pytest.mark.parametrize("name, stories", [("cpu", 4042), ("demo", 4042), ("demo20k", 20662)])
+@pytest.mark.parametrize("name, stories", [("cpu", 4042), ("demo", 4042), ("demo20k", 20662),
+                                            ("demo_qk", 20662)])
 def test_cpu_configs_read_a_slice_of_the_hub_dataset(name, stories):
     """No path a user lacks: the dataset by name, capped to a CPU-sized slice (local files by --set)."""
     config = load_train_config(REPO_ROOT / "config" / f"train_config_tinystories_{name}.yaml")
