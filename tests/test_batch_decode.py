@@ -416,3 +416,23 @@ def test_without_a_compiler_decoding_is_eager_with_one_warning(generator, monkey
     with pytest.warns(RuntimeWarning, match="native decode step is unavailable, decoding eagerly"):
         tokens = generator.generate(PROMPTS[0], params).token_ids
     assert tokens == Generator(generator.model, generator.tokenizer, native=False).generate(PROMPTS[0], params).token_ids
+
+
+def test_native_weights_are_packed_once_per_model_and_read_live_in_float32(tokenizer):
+    """Each DecodeBatch over a model shares one packing; float32 weights are not copied, so a
+    model trained further (as the trainer's sample stories are) decodes with its new values."""
+    from src.generation.native import packed_weights
+
+    native_or_skip()
+    torch.manual_seed(0)
+    model = WikiMiniModel(tiny_model_config(max_seq_len=32)).eval()
+    batches = [DecodeBatch(model, None, slots=1) for _ in range(2)]
+    assert batches[0]._native._keep[0] is batches[1]._native._keep[0] is packed_weights(model)
+    with torch.no_grad():
+        model.layers[1].feed_forward.down_proj.weight.mul_(3.0)
+    cache = model.new_kv_cache(dtype=torch.float32)
+    with torch.inference_mode():
+        model(torch.tensor([[5, 6, 7]]), kv_cache=cache, input_pos=torch.arange(3)[None])
+        expected = model(torch.tensor([[8]]), kv_cache=cache, input_pos=torch.tensor([[3]]))[:, -1]
+        native = batches[0]._native([5, 6, 7, 8], [0, 1, 2, 3], [0, 0, 0, 0])[-1]
+    torch.testing.assert_close(native, expected[0], atol=1e-4, rtol=1e-4)

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+import weakref
 from pathlib import Path
 
 import torch
@@ -123,8 +124,8 @@ def supports(model: WikiMiniModel, cache: KVCache) -> str | None:
     weight = model.tok_embeddings.weight
     if weight.device.type != "cpu":
         return "it runs on CPU only"
-    if cache.keys[0].dtype != torch.float32:
-        return "it needs a float32 KV cache"
+    if cache.keys[0].dtype != torch.float32 or not all(t.is_contiguous() for t in (*cache.keys, *cache.values)):
+        return "it needs a contiguous float32 KV cache"
     if model.config.head_dim > MAX_HEAD_DIM:
         return f"its head size is at most {MAX_HEAD_DIM}"
     matrices = [model.output] + [m for block in model.layers for m in (
@@ -139,35 +140,24 @@ def supports(model: WikiMiniModel, cache: KVCache) -> str | None:
     return None
 
 
-class NativeStep:
-    """`step(tokens, positions)` -> logits (rows, V) float32, the new keys/values written into
-    `cache` rows 0..rows-1 at `positions`: what `model(ids, kv_cache=cache, input_pos=...)` does
-    for one token per row."""
+class PackedWeights:
+    """A model's weights as the native step reads them: pointers, with float32 copies where the
+    model holds bf16 (norms, scales, embeddings) and each int8 row's sum. Made once per model
+    (`packed_weights`) and shared by every DecodeBatch over it; float32 weights are not copied,
+    so the step always reads the model's current values."""
 
-    def __init__(self, lib: ctypes.CDLL, model: WikiMiniModel, cache: KVCache) -> None:
-        config = model.config
-        self._lib = lib
+    def __init__(self, model: WikiMiniModel) -> None:
         self._keep: list[torch.Tensor] = []  # every tensor a pointer refers to, kept alive here
-        cos, sin = rope_cos_sin(config.head_dim, cache.capacity, config.rope_theta)
-        layers = (Layer * config.n_layers)()
-        for i, block in enumerate(model.layers):
-            attention = block.attention
-            layers[i] = Layer(self._f32(block.attention_norm.weight), self._f32(block.ffn_norm.weight),
-                              self._f32(attention.q_norm.weight) if config.qk_norm else None,
-                              self._f32(attention.k_norm.weight) if config.qk_norm else None,
-                              self._matrix(attention.qkv_proj), self._matrix(attention.out_proj),
-                              self._matrix(block.feed_forward.gate_up_proj),
-                              self._matrix(block.feed_forward.down_proj),
-                              self._ptr(cache.keys[i]), self._ptr(cache.values[i]))
-        self._layers = layers
-        self.model = model
-        self._spec = Model(config.d_model, config.n_layers, config.n_heads, config.kv_heads, config.head_dim,
-                           config.ffn_dim, config.vocab_size, cache.capacity, config.norm_eps,
-                           self._f32(model.tok_embeddings.weight), self._f32(model.norm.weight),
-                           self._f32(cos), self._f32(sin), self._matrix(model.output), layers)
-        self.vocab_size = config.vocab_size
-        self.cache = cache
-        self._logits: torch.Tensor | None = None
+        config = model.config
+        self.layers = [
+            (self._f32(block.attention_norm.weight), self._f32(block.ffn_norm.weight),
+             self._f32(block.attention.q_norm.weight) if config.qk_norm else None,
+             self._f32(block.attention.k_norm.weight) if config.qk_norm else None,
+             self._matrix(block.attention.qkv_proj), self._matrix(block.attention.out_proj),
+             self._matrix(block.feed_forward.gate_up_proj), self._matrix(block.feed_forward.down_proj))
+            for block in model.layers]
+        self.embedding, self.norm = self._f32(model.tok_embeddings.weight), self._f32(model.norm.weight)
+        self.output = self._matrix(model.output)
 
     def _ptr(self, tensor: torch.Tensor) -> int:
         if not tensor.is_contiguous():
@@ -185,6 +175,39 @@ class NativeStep:
                           q8.shape[0], q8.shape[1])
         weight = linear.weight.detach()
         return Matrix(self._f32(weight), None, None, None, weight.shape[0], weight.shape[1])
+
+
+_packed: weakref.WeakKeyDictionary[WikiMiniModel, PackedWeights] = weakref.WeakKeyDictionary()
+
+
+def packed_weights(model: WikiMiniModel) -> PackedWeights:
+    if model not in _packed:
+        _packed[model] = PackedWeights(model)
+    return _packed[model]
+
+
+class NativeStep:
+    """`step(tokens, positions)` -> logits (rows, V) float32, the new keys/values written into
+    `cache` rows 0..rows-1 at `positions`: what `model(ids, kv_cache=cache, input_pos=...)` does
+    for one token per row."""
+
+    def __init__(self, lib: ctypes.CDLL, model: WikiMiniModel, cache: KVCache) -> None:
+        config = model.config
+        weights = packed_weights(model)
+        self._lib = lib
+        cos, sin = rope_cos_sin(config.head_dim, cache.capacity, config.rope_theta)
+        self._keep = [weights, cos, sin, cache]  # what the pointers below point into
+        layers = (Layer * config.n_layers)()
+        for i, fields in enumerate(weights.layers):
+            layers[i] = Layer(*fields, cache.keys[i].data_ptr(), cache.values[i].data_ptr())
+        self._layers = layers
+        self.model = model
+        self._spec = Model(config.d_model, config.n_layers, config.n_heads, config.kv_heads, config.head_dim,
+                           config.ffn_dim, config.vocab_size, cache.capacity, config.norm_eps, weights.embedding,
+                           weights.norm, cos.data_ptr(), sin.data_ptr(), weights.output, layers)
+        self.vocab_size = config.vocab_size
+        self.cache = cache
+        self._logits: torch.Tensor | None = None
 
     def __call__(self, tokens: list[int], positions: list[int], cache_rows: list[int] | None = None) -> torch.Tensor:
         """Logits (rows, V) for one token per row: token i at position positions[i] (below the
