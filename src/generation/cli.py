@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights: auto (GPU bf16; CPU int8 weights + bf16 activations), fp32, bf16 or "
                    "int8 (CPU only)")
     p.add_argument("--compile", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
-                   help="torch.compile the decode step: faster tokens after a one-off compile (cached on "
-                   f"disk). auto (default): when a prompt asks for at least {COMPILE_PAYS_OFF_TOKENS:,} "
-                   "tokens (samples x max tokens); a bare --compile means on")
+                   help="torch.compile the PyTorch decode step where the native step cannot run (bf16, "
+                   f"GPU, no C++ compiler). auto (default): when a prompt asks for at least "
+                   f"{COMPILE_PAYS_OFF_TOKENS:,} tokens (samples x max tokens); a bare --compile means on")
     p.add_argument("--no-postprocess", "--no_postprocess", dest="postprocess", action="store_false",
                    help="print the raw model output (no whitespace/capital/punctuation clean-up)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated (raw text)")

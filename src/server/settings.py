@@ -63,9 +63,8 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
                         help="env ENGINE: decode in a separate process (default on CPU: the event loop keeps "
                         "its own GIL) or on a thread of the server process (default on CUDA and Windows)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="env COMPILE=1/0: torch.compile the decode step and warm it up before serving "
-                        "(default on; the first start compiles for a while, later ones reuse inductor's "
-                        "disk cache)")
+                        help="env COMPILE=1/0: where the native step cannot run (bf16, GPU, no C++ compiler), "
+                        "torch.compile the decode step in the background while serving eagerly (default on)")
     parser.add_argument("--allowed-host", dest="allowed_hosts", action="append", metavar="NAME",
                         help="env ALLOWED_HOSTS (comma-separated): a Host header to answer, repeatable; '*' answers "
                         "any. Default: the bound host's own names (loopback names for 127.0.0.1), any for 0.0.0.0")
