@@ -123,8 +123,8 @@ class DecodeBatch:
         self._settings: RowSettings | None = None
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
         # The decode step, first choice: the native step (src/generation/native.py), one call per
-        # token for every row, on CPU with float32 or int8 weights. Else the compiled or eager
-        # forward below. Prefill is PyTorch's either way: there the matmuls dominate.
+        # token for every row (and one per prompt to prefill), on CPU with float32 or int8
+        # weights. Else the compiled or eager forward below.
         self._native = native_step(model, self.cache) if native else None
         # With compile_decode, a lone row's decode step runs the forward pass through
         # torch.compile over fixed shapes: its position is a tensor and attention reads the

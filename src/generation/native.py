@@ -3,12 +3,13 @@
 An eager PyTorch decode step is about a thousand operator calls per token; on a small model
 their dispatch costs far more than the arithmetic. The native step runs a whole token (every
 row, every layer, the logits) in one call, on the model's own weights and the DecodeBatch's own
-KV cache, so prefill, sampling and the cache's bookkeeping stay in PyTorch.
+KV cache (prompts too, their tokens as rows of one cache row), so sampling and the cache's
+bookkeeping stay in PyTorch.
 
-The library is compiled with the system's C++ compiler (`-O3 -march=native -fopenmp`, about a
-second) into a cache keyed by the source, the compiler and the CPU's flags, written to a temp
-file and renamed into place. Without a compiler, or where the build or a step fails, decoding
-stays eager with one warning. `WIKIMINI_NATIVE=0` turns it off.
+The library is compiled with the system's C++ compiler (`-O3 -march=native -fopenmp`) into a
+cache keyed by the source, the compiler and the CPU's flags, written to a temp file and renamed
+into place. Without a compiler, or where the build fails, decoding stays eager with one warning.
+`WIKIMINI_NATIVE=0` turns it off.
 
 Which weights it takes: float32 (the same math as eager float32, so greedy decoding gives the
 same tokens) or the int8 model of `src.model.quantize` (the same int8 weights and scales, with

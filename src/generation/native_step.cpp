@@ -3,9 +3,9 @@
 // In the spirit of llama2.c's run.c / runq.c: plain loops over float32 activations, with the
 // matmuls either in float32 or, for int8 weights, llama.cpp's way: each activation row is
 // quantized to 8 bits and multiplied with the int8 weights in integer dot products (AVX512-VNNI
-// where the CPU has it). Prefill, sampling and the cache's bookkeeping stay in PyTorch
-// (src/generation/native.py); this file writes each row's new key/value into the same cache
-// tensors and returns the logits.
+// where the CPU has it). A prompt is prefilled by the same call, its tokens as rows of one cache
+// row. Sampling and the cache's bookkeeping stay in PyTorch (src/generation/native.py); this
+// file writes each row's new key/value into the same cache tensors and returns the logits.
 //
 // Built per machine with -march=native and OpenMP (the libgomp that torch has already loaded).
 
