@@ -99,9 +99,8 @@ def story_metrics(run_dir: Path) -> dict:
     from src.generation.engine import Generator
     from src.model.checkpoint import load_model
 
-    # the one validation at the end saved the evaluated weights (an EMA's, where the recipe keeps one)
-    final = next(iter(sorted(run_dir.glob("checkpoint_best_ppl_*.pth"))), run_dir / "checkpoint_latest.pth")
-    generator = Generator.from_loaded(load_model(final, precision="fp32"))
+    latest = run_dir / "checkpoint_latest.pth"
+    generator = Generator.from_loaded(load_model(latest, precision="fp32"))
     summary = summarize(generate_and_score(generator, load_prompts(None), "balanced", 3, 42, 200))
     return {"articles_per_100_words": summary.articles_per_100_words, "grammar": summary.grammar_raw,
             "eos_rate": summary.eos_rate}

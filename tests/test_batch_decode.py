@@ -434,5 +434,5 @@ def test_native_weights_are_packed_once_per_model_and_read_live_in_float32(token
     with torch.inference_mode():
         model(torch.tensor([[5, 6, 7]]), kv_cache=cache, input_pos=torch.arange(3)[None])
         expected = model(torch.tensor([[8]]), kv_cache=cache, input_pos=torch.tensor([[3]]))[:, -1]
-        native = batches[0]._native([5, 6, 7, 8], [0, 1, 2, 3], [0, 0, 0, 0])[-1]
+        native = batches[0]._native.prefill([5, 6, 7, 8], row=0)
     torch.testing.assert_close(native, expected[0], atol=1e-4, rtol=1e-4)

@@ -222,8 +222,7 @@ class DecodeBatch:
         logits after each window's last token (n, V)."""
         lengths = [len(w) for w in windows]
         if self._native is not None and all(lengths):  # each window in one native call
-            logits = [self._native(w, list(range(len(w))), [row] * len(w))[-1].clone()
-                      for row, w in enumerate(windows, start)]
+            logits = [self._native.prefill(w, row).clone() for row, w in enumerate(windows, start)]
             self.lengths[start:start + len(windows)] = lengths
             return torch.stack(logits) if want_logits else None
         longest = max(lengths)

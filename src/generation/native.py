@@ -24,7 +24,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import warnings
 import weakref
 from pathlib import Path
@@ -114,8 +113,8 @@ def _load() -> ctypes.CDLL:
                 raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-300:]}")
     lib = ctypes.CDLL(str(path))
     int64s = ctypes.POINTER(ctypes.c_int64)
-    lib.native_decode_step.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, int64s, int64s, int64s, ctypes.c_void_p,
-                                       ctypes.c_int]
+    lib.native_decode_step.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, int64s, int64s, int64s, ctypes.c_int64,
+                                       ctypes.c_void_p, ctypes.c_int]
     lib.native_decode_step.restype = ctypes.c_int
     return lib
 
@@ -210,19 +209,27 @@ class NativeStep:
         self.cache = cache
         self._logits: torch.Tensor | None = None
 
-    def __call__(self, tokens: list[int], positions: list[int], cache_rows: list[int] | None = None) -> torch.Tensor:
-        """Logits (rows, V) for one token per row: token i at position positions[i] (below the
-        cache's capacity) of cache row cache_rows[i] (default i). Tokens of one cache row at
-        consecutive positions are a prefill. The tensor is reused: valid until the next call."""
+    def __call__(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """Logits (rows, V) for one token per row, row i's token at position positions[i] (below
+        the cache's capacity) of cache row i. The tensor is reused: valid until the next call."""
+        return self._run(tokens, positions, None, 0)
+
+    def prefill(self, tokens: list[int], row: int) -> torch.Tensor:
+        """Write a prompt's keys/values at positions 0.. of cache `row`, in one call (its tokens as
+        rows of that cache row); return the logits after its last token (V,), a reused tensor."""
+        return self._run(tokens, list(range(len(tokens))), [row] * len(tokens), len(tokens) - 1)[0]
+
+    def _run(self, tokens: list[int], positions: list[int], cache_rows: list[int] | None,
+             logits_from: int) -> torch.Tensor:
         rows = len(tokens)
-        if self._logits is None or self._logits.shape[0] < rows:
-            self._logits = torch.empty(rows, self.vocab_size, dtype=torch.float32)
-        logits = self._logits[:rows]
+        out = rows - logits_from
+        if self._logits is None or self._logits.shape[0] < out:
+            self._logits = torch.empty(out, self.vocab_size, dtype=torch.float32)
+        logits = self._logits[:out]
         status = self._lib.native_decode_step(ctypes.byref(self._spec), rows, (ctypes.c_int64 * rows)(*tokens),
                                               (ctypes.c_int64 * rows)(*positions),
                                               None if cache_rows is None else (ctypes.c_int64 * rows)(*cache_rows),
-                                              logits.data_ptr(),
-                                              torch.get_num_threads())
+                                              logits_from, logits.data_ptr(), torch.get_num_threads())
         if status != 0:
             raise ValueError(f"native decode step: a token id or position is out of range ({tokens}, {positions})")
         return logits

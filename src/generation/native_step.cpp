@@ -240,12 +240,14 @@ void rope(float* v, const float* cos, const float* sin, int64_t head_dim) {
 
 // Row r's token goes to cache row cache_rows[r] (r when null) at positions[r]. Rows may share a
 // cache row: a prompt's tokens at consecutive positions are then prefilled in one call, since
-// each layer writes every row's key/value before any row attends.
+// each layer writes every row's key/value before any row attends. Logits are computed for rows
+// logits_from..rows-1 only (a prefill needs its last token's).
 extern "C" int native_decode_step(const Model* m, int64_t rows, const int64_t* tokens, const int64_t* positions,
-                                  const int64_t* cache_rows, float* logits, int threads) {
+                                  const int64_t* cache_rows, int64_t logits_from, float* logits, int threads) {
     const int64_t dim = m->dim, hd = m->head_dim, nh = m->n_heads, nkv = m->n_kv_heads, cap = m->capacity;
     const int64_t q_size = nh * hd, kv_size = nkv * hd, qkv_size = q_size + 2 * kv_size;
     const int64_t up_size = 2 * m->ffn;
+    if (logits_from < 0 || logits_from >= rows) return 1;
     for (int64_t r = 0; r < rows; r++)
         if (tokens[r] < 0 || tokens[r] >= m->vocab || positions[r] < 0 || positions[r] >= cap) return 1;
     x_buf.resize(rows * dim);
@@ -309,7 +311,7 @@ extern "C" int native_decode_step(const Model* m, int64_t rows, const int64_t* t
         matmul(xb, hidden, layer.down, rows, threads);
         for (int64_t i = 0; i < rows * dim; i++) x[i] += xb[i];
     }
-    for (int64_t r = 0; r < rows; r++) rms_norm(xb + r * dim, x + r * dim, m->norm, dim, m->eps);
-    matmul(logits, xb, m->output, rows, threads);
+    for (int64_t r = logits_from; r < rows; r++) rms_norm(xb + r * dim, x + r * dim, m->norm, dim, m->eps);
+    matmul(logits, xb + logits_from * dim, m->output, rows - logits_from, threads);
     return 0;
 }

@@ -33,6 +33,8 @@ class RowSettings:
     all_greedy: bool
     any_greedy: bool
     any_penalty: bool
+    plain: torch.Tensor  # (n, 1) bool: rows with neither top-k nor top-p
+    any_plain: bool
     any_filter: bool  # some row has top-k or top-p: candidates must be sorted by logit
     max_top_k: int  # 0 when some row has top-k off: candidates are then the whole vocabulary
 
@@ -51,6 +53,8 @@ class RowSettings:
             all_greedy=all(p.temperature == 0 for p in params),
             any_greedy=any(p.temperature == 0 for p in params),
             any_penalty=any(p.repetition_penalty != 1.0 for p in params),
+            plain=column([p.top_k == 0 and p.top_p >= 1.0 for p in params], torch.bool),
+            any_plain=any(p.top_k == 0 and p.top_p >= 1.0 for p in params),
             any_filter=any(p.top_k > 0 or p.top_p < 1.0 for p in params),
             max_top_k=0 if 0 in top_ks else max(top_ks),
         )
@@ -89,10 +93,9 @@ def candidates(logits: torch.Tensor, rows: RowSettings) -> tuple[torch.Tensor, t
     probs = values.softmax(dim=-1)
     before = probs.cumsum(dim=-1) - probs
     values = values.masked_fill(before >= rows.top_p, float("-inf"))
-    plain = (rows.top_k == 0) & (rows.top_p >= 1.0)  # (n, 1): rows that filter nothing
-    if plain.any():  # ... keep vocabulary order, as they would alone (then C == V: their top_k is 0)
-        values = torch.where(plain, logits / temperature, values)
-        ids = torch.where(plain, torch.arange(vocab, device=logits.device), ids)
+    if rows.any_plain:  # rows that filter nothing keep vocabulary order, as alone (C == V: top_k is 0)
+        values = torch.where(rows.plain, logits / temperature, values)
+        ids = torch.where(rows.plain, torch.arange(vocab, device=logits.device), ids)
     return values, ids
 
 
