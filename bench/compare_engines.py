@@ -9,7 +9,7 @@ For each model (the bundled demo model, and llama2.c's stories260K imported from
     greedy agreement: how many of --new-tokens greedy tokens after "Once upon a time" equal ours
         before the first difference (no EOS stop, no repetition penalty)
 
-transformers runs `LlamaForCausalLM` (eager attention) loaded from our HF export
+transformers runs `LlamaForCausalLM` (`Qwen3ForCausalLM` with QK-norm; eager attention) loaded from our HF export
 (`convert_hf.py export`); llama.cpp runs our GGUF export (`convert_hf.py gguf --dtype f32`)
 through llama-cpp-python with its KV cache in f32 (its default f16 cache alone moves logits by
 ~1e-3), and is reported as not measured where `llama_cpp` is not importable. Prints a Markdown
@@ -57,7 +57,7 @@ def agreement(theirs: list[int], ours: list[int]) -> int:
 
 @torch.inference_mode()
 def transformers_row(checkpoint: Path, story: list[int], prompt: list[int], ours_logits, ours_greedy, work: Path):
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -65,7 +65,7 @@ def transformers_row(checkpoint: Path, story: list[int], prompt: list[int], ours
     from src.model.hf_convert import export_checkpoint
 
     hf_dir = export_checkpoint(checkpoint, work / "hf")
-    model = LlamaForCausalLM.from_pretrained(str(hf_dir), attn_implementation="eager", dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), attn_implementation="eager", dtype=torch.float32).eval()
     diff = float((model(torch.tensor([story])).logits[0] - ours_logits).abs().max())
     ids = list(prompt)  # the whole context again for every token: no cache API to differ between versions
     for _ in range(len(ours_greedy)):

@@ -133,6 +133,48 @@ def test_f32_file_reads_back_with_llama_names_metadata_and_our_weights(tmp_path,
     assert np.abs(llama2c_forward(gguf_as_llama2c(reader, c.n_layers), tokens, dims) - ours).max() < 1e-4
 
 
+def qk_norm_checkpoint(tmp_path, tokenizer) -> Path:
+    torch.manual_seed(0)
+    model = WikiMiniModel(tiny_model_config(qk_norm=True, n_kv_heads=2))
+    with torch.no_grad():  # norms start at 1, where a swapped or permuted norm would go unnoticed
+        for block in model.layers:
+            block.attention.q_norm.weight.uniform_(0.5, 1.5)
+            block.attention.k_norm.weight.uniform_(0.5, 1.5)
+    return save_checkpoint(tmp_path / "qk.pth", model, tokenizer)
+
+
+def test_qk_norm_goes_out_as_qwen3_with_unpermuted_rows_and_its_norms(tmp_path, tokenizer):
+    from src.model.gguf_export import export_gguf
+
+    checkpoint = qk_norm_checkpoint(tmp_path, tokenizer)
+    reader = gguf.GGUFReader(str(export_gguf(checkpoint, tmp_path / "qk.gguf")))
+    c = load_model(checkpoint).config
+    state = {k: v.numpy() for k, v in load_model(checkpoint).model.state_dict().items()}
+    assert field(reader, "general.architecture") == "qwen3"
+    assert field(reader, "qwen3.attention.head_count_kv") == 2
+    # qwen3 rotates halves as we do: q rows as they are, and each head's norm weights beside them
+    q_rows = c.n_heads * c.head_dim
+    assert np.array_equal(f32(reader, "blk.1.attn_q.weight"), state["layers.1.attention.qkv_proj.weight"][:q_rows])
+    assert np.array_equal(f32(reader, "blk.1.attn_q_norm.weight"), state["layers.1.attention.q_norm.weight"])
+    assert np.array_equal(f32(reader, "blk.1.attn_k_norm.weight"), state["layers.1.attention.k_norm.weight"])
+
+
+@needs_llama_cpp
+def test_llama_cpp_logits_equal_ours_with_qk_norm(tmp_path, tokenizer):
+    from src.model.gguf_export import export_gguf
+
+    checkpoint = qk_norm_checkpoint(tmp_path, tokenizer)
+    loaded = load_model(checkpoint, precision="fp32")
+    tokens = [loaded.story_start_id] + loaded.tokenizer.encode(STORY).ids[:40]
+    llm = llama_cpp_model(export_gguf(checkpoint, tmp_path / "qk.gguf"), loaded.config.max_seq_len)
+    llm.reset()
+    llm.eval(tokens)
+    theirs = np.asarray(llm.scores[: len(tokens)], dtype=np.float32)
+    with torch.no_grad():
+        ours = loaded.model(torch.tensor([tokens]))[0].numpy()
+    assert np.abs(theirs - ours).max() <= 2e-3
+
+
 def test_untied_embeddings_write_an_output_tensor(tmp_path, tokenizer):
     torch.manual_seed(1)
     model = WikiMiniModel(tiny_model_config(tie_embeddings=False))

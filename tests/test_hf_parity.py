@@ -1,4 +1,5 @@
-"""Independent reference: transformers' LlamaForCausalLM with our weights gives our logits."""
+"""Independent reference: transformers' LlamaForCausalLM (Qwen3ForCausalLM with QK-norm) with our
+weights gives our logits."""
 
 import pytest
 import torch
@@ -18,12 +19,19 @@ def _eager_llama(model):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"n_kv_heads": 2}, {"tie_embeddings": False, "rope_theta": 500.0, "norm_eps": 1e-6}],
+    [{}, {"n_kv_heads": 2}, {"tie_embeddings": False, "rope_theta": 500.0, "norm_eps": 1e-6},
+     {"qk_norm": True, "n_kv_heads": 2}],
 )
 def test_our_weights_in_hf_llama_give_identical_logits(overrides):
     torch.manual_seed(0)
     ours = WikiMiniModel(tiny_model_config(**overrides)).eval()
+    if ours.config.qk_norm:  # norms start at 1, where a swapped q/k norm would go unnoticed
+        with torch.no_grad():
+            for block in ours.layers:
+                block.attention.q_norm.weight.uniform_(0.5, 1.5)
+                block.attention.k_norm.weight.uniform_(0.5, 1.5)
     theirs = _eager_llama(ours)
+    assert type(theirs).__name__ == ("Qwen3ForCausalLM" if ours.config.qk_norm else "LlamaForCausalLM")
     tokens = torch.randint(0, 384, (2, 50))
     with torch.no_grad():
         diff = (ours(tokens) - theirs(tokens).logits).abs().max().item()
@@ -40,6 +48,25 @@ def test_hf_llama_weights_in_our_model_give_identical_logits():
     theirs = transformers.LlamaForCausalLM(config).eval()
     ours = from_hf_model(theirs)
     assert ours.config.n_kv_heads == 2 and ours.config.d_ffn == 160
+    tokens = torch.randint(0, 384, (2, 40))
+    with torch.no_grad():
+        assert (ours(tokens) - theirs(tokens).logits).abs().max().item() <= 1e-4
+
+
+def test_hf_qwen3_weights_in_our_model_give_identical_logits():
+    torch.manual_seed(0)
+    config = transformers.Qwen3Config(
+        vocab_size=384, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=64, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, attn_implementation="eager",
+    )
+    theirs = transformers.Qwen3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in theirs.model.layers:
+            layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+            layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+    ours = from_hf_model(theirs)
+    assert ours.config.qk_norm and ours.config.tie_embeddings
     tokens = torch.randint(0, 384, (2, 40))
     with torch.no_grad():
         assert (ours(tokens) - theirs(tokens).logits).abs().max().item() <= 1e-4

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 from src.config_utils import ConfigError
 from src.model import ModelConfig, WikiMiniModel
-from src.model.checkpoint import CheckpointError
 from tests.conftest import tiny_model_config
 
 
@@ -146,8 +145,6 @@ def test_residual_projections_use_scaled_init():
 
 
 def test_qk_norm_normalizes_each_heads_queries_and_keys_and_counts_its_weights():
-    from src.model.hf_convert import to_hf_state_dict
-
     torch.manual_seed(0)
     model = WikiMiniModel(tiny_model_config(qk_norm=True))
     attention = model.layers[0].attention
@@ -161,5 +158,3 @@ def test_qk_norm_normalizes_each_heads_queries_and_keys_and_counts_its_weights()
     with torch.no_grad():
         attention.qkv_proj.weight[: 2 * model.config.d_model] /= 10.0
     torch.testing.assert_close(model(ids), scaled, atol=1e-4, rtol=1e-4)
-    with pytest.raises(CheckpointError, match="cannot export: model.qk_norm=true"):
-        to_hf_state_dict(model.state_dict(), model.config)

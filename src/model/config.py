@@ -43,7 +43,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     dropout: float = 0.0
     tie_embeddings: bool = True
-    qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE (not in Llama's layout)
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE (Qwen3's layout)
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "d_model", "n_layers", "n_heads", "multiple_of", "max_seq_len")
@@ -97,12 +97,6 @@ class ModelConfig:
                 f"model of {self.num_weights():,} parameters needs {format_bytes(needed)} for its float32 "
                 f"weights; this machine has {format_bytes(memory)} (model.vocab_size={self.vocab_size}, "
                 f"model.d_model={self.d_model}, model.n_layers={self.n_layers})")
-
-    def llama_layout_problem(self) -> str | None:
-        """Why Llama's layout (HF, GGUF, llama2.c) cannot hold this shape, or None when it can."""
-        if self.qk_norm:
-            return "model.qk_norm=true has no place in Llama's layout"
-        return None
 
     @property
     def head_dim(self) -> int:

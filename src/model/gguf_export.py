@@ -1,4 +1,5 @@
-"""Our checkpoint -> a GGUF file that stock llama.cpp (and so Ollama) loads as a `llama` model.
+"""Our checkpoint -> a GGUF file that stock llama.cpp (and so Ollama) loads as a `llama` model
+(a `qwen3` model when it has QK-norm: Llama plus per-head q/k norms, `blk.N.attn_{q,k}_norm`).
 
 Written with `gguf.GGUFWriter`, the GGML project's own writer, with llama.cpp's names:
 
@@ -11,7 +12,8 @@ heads, kv heads, RoPE base and dimension, RMSNorm epsilon, vocabulary size).
 
 RoPE: our model rotates the two halves of each head (Hugging Face's layout); llama.cpp's `llama`
 rotates interleaved pairs, so q and k rows are permuted per head exactly as llama.cpp's own
-`convert_hf_to_gguf.py` does for HF Llama weights (`LlamaModel.permute`).
+`convert_hf_to_gguf.py` does for HF Llama weights (`LlamaModel.permute`). Its `qwen3` rotates
+halves (NeoX style) like us, so there nothing is permuted.
 
 Tokenizer: our byte-level BPE goes in as `tokenizer.ggml.model = "gpt2"` (tokens, merges, token
 types) with pre-tokenizer `gpt-2` (llama.cpp's name for GPT-2's ByteLevel regex). A SentencePiece
@@ -37,11 +39,10 @@ from src.atomic_files import atomic_output
 from src.data.tokenizer import PAD_TOKEN
 from src.model.checkpoint import CheckpointError, LoadedModel, load_model
 from src.model.config import ModelConfig
-from src.model.hf_convert import to_hf_state_dict
+from src.model.hf_convert import hf_model_type, to_hf_state_dict
 from src.model.rope import halves_to_interleaved
 
 GGUF_DTYPES = ("f32", "f16", "q8_0")
-ARCH = "llama"
 
 
 def _gguf():
@@ -62,21 +63,25 @@ def tensor_name(kind: str, layer: int | None = None) -> str:
 # Hugging Face Llama's per-layer names -> the gguf package's tensor kinds
 HF_TO_GGUF = {"input_layernorm": "ATTN_NORM", "self_attn.q_proj": "ATTN_Q", "self_attn.k_proj": "ATTN_K",
               "self_attn.v_proj": "ATTN_V", "self_attn.o_proj": "ATTN_OUT", "post_attention_layernorm": "FFN_NORM",
-              "mlp.gate_proj": "FFN_GATE", "mlp.up_proj": "FFN_UP", "mlp.down_proj": "FFN_DOWN"}
+              "mlp.gate_proj": "FFN_GATE", "mlp.up_proj": "FFN_UP", "mlp.down_proj": "FFN_DOWN",
+              "self_attn.q_norm": "ATTN_Q_NORM", "self_attn.k_norm": "ATTN_K_NORM"}
 
 
 def gguf_tensors(model_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, np.ndarray]:
     """Our weights under llama.cpp's names, through HF's: float32, PyTorch (out, in) layout, and
-    q/k rows in llama.cpp's interleaved RoPE layout."""
+    for `llama`, q/k rows in its interleaved RoPE layout."""
     hf = to_hf_state_dict(model_state, config)
+    interleave = hf_model_type(config) == "llama"
     out = {tensor_name("TOKEN_EMBD"): hf["model.embed_tokens.weight"], tensor_name("OUTPUT_NORM"): hf["model.norm.weight"]}
     if not config.tie_embeddings:
         out[tensor_name("OUTPUT")] = hf["lm_head.weight"]
     heads = {"self_attn.q_proj": config.n_heads, "self_attn.k_proj": config.kv_heads}
     for i in range(config.n_layers):
         for name, kind in HF_TO_GGUF.items():
-            weight = hf[f"model.layers.{i}.{name}.weight"]
-            out[tensor_name(kind, i)] = halves_to_interleaved(weight, heads[name]) if name in heads else weight
+            weight = hf.get(f"model.layers.{i}.{name}.weight")
+            if weight is not None:
+                permute = interleave and name in heads
+                out[tensor_name(kind, i)] = halves_to_interleaved(weight, heads[name]) if permute else weight
     return {name: tensor.detach().to(torch.float32).cpu().contiguous().numpy() for name, tensor in out.items()}
 
 
@@ -194,7 +199,7 @@ def export_gguf(checkpoint: str | Path, output: str | Path, dtype: str = "f32") 
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
     with atomic_output(output) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), ARCH)
+        writer = gguf.GGUFWriter(str(tmp), hf_model_type(config))
         try:
             write_model(writer, gguf, loaded, tensors, file_type, dtype, Path(checkpoint).stem)
         finally:

@@ -1,7 +1,9 @@
-"""Convert between our checkpoints and Hugging Face Llama directories.
+"""Convert between our checkpoints and Hugging Face Llama (or Qwen3) directories.
 
 Our layout differs from `LlamaForCausalLM` only in fusion (q/k/v in one matrix, gate/up in
 one matrix) and names; RoPE already uses HF's rotate-half layout, so no permutation is needed.
+A model with QK-norm goes out as `Qwen3ForCausalLM`: Llama plus an RMSNorm on each head's
+queries and keys before RoPE, exactly our `model.qk_norm`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ from src.model.config import ModelConfig
 from src.model.transformer_block import WikiMiniModel
 
 
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def hf_model_type(config: ModelConfig) -> str:
+    return "qwen3" if config.qk_norm else "llama"
+
+
 def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    problem = config.llama_layout_problem()
-    if problem:
-        raise CheckpointError(f"cannot export: {problem}")
     q_size = config.n_heads * config.head_dim
     kv_size = config.kv_heads * config.head_dim
     hf = {
@@ -46,6 +52,9 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dic
             theirs + "input_layernorm.weight": state[ours + "attention_norm.weight"],
             theirs + "post_attention_layernorm.weight": state[ours + "ffn_norm.weight"],
         })
+        if config.qk_norm:
+            hf[theirs + "self_attn.q_norm.weight"] = state[ours + "attention.q_norm.weight"]
+            hf[theirs + "self_attn.k_norm.weight"] = state[ours + "attention.k_norm.weight"]
     return {k: v.contiguous() for k, v in hf.items()}
 
 
@@ -68,19 +77,23 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], config: ModelConfig) -> dict
             ours + "attention_norm.weight": hf[theirs + "input_layernorm.weight"],
             ours + "ffn_norm.weight": hf[theirs + "post_attention_layernorm.weight"],
         })
+        if config.qk_norm:
+            state[ours + "attention.q_norm.weight"] = hf[theirs + "self_attn.q_norm.weight"]
+            state[ours + "attention.k_norm.weight"] = hf[theirs + "self_attn.k_norm.weight"]
     return state
 
 
-def llama_config(config: ModelConfig, tokenizer: Tokenizer | None = None, eos_token: str = EOS_TOKEN,
-                 bos_token: str | None = None):
-    """The `transformers.LlamaConfig` with the same shapes as `config`. `bos_token` is the token
-    a story starts after (default: `eos_token`, our models' convention)."""
-    from transformers import LlamaConfig
+def hf_config(config: ModelConfig, tokenizer: Tokenizer | None = None, eos_token: str = EOS_TOKEN,
+              bos_token: str | None = None):
+    """The `transformers.LlamaConfig` (or `Qwen3Config`, with QK-norm) with the same shapes as
+    `config`. `bos_token` is the token a story starts after (default: `eos_token`, our models'
+    convention)."""
+    import transformers
 
     eos_id = tokenizer.token_to_id(eos_token) if tokenizer is not None else None
     bos_id = tokenizer.token_to_id(bos_token or eos_token) if tokenizer is not None else None
     pad_id = tokenizer.token_to_id(PAD_TOKEN) if tokenizer is not None else None
-    return LlamaConfig(
+    shapes = dict(
         vocab_size=config.vocab_size,
         hidden_size=config.d_model,
         intermediate_size=config.ffn_dim,
@@ -90,33 +103,40 @@ def llama_config(config: ModelConfig, tokenizer: Tokenizer | None = None, eos_to
         head_dim=config.head_dim,
         max_position_embeddings=config.max_seq_len,
         rms_norm_eps=config.norm_eps,
-        rope_theta=config.rope_theta,
+        rope_parameters={"rope_type": "default", "rope_theta": float(config.rope_theta)},
         tie_word_embeddings=config.tie_embeddings,
         hidden_act="silu",
         attention_bias=False,
-        mlp_bias=False,
         bos_token_id=bos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
     )
+    if config.qk_norm:
+        return transformers.Qwen3Config(**shapes, use_sliding_window=False)
+    return transformers.LlamaConfig(**shapes, mlp_bias=False)
 
 
 def to_hf_model(model: WikiMiniModel, tokenizer: Tokenizer | None = None, eos_token: str = EOS_TOKEN,
                 bos_token: str | None = None):
-    """A `LlamaForCausalLM` holding a copy of `model`'s weights (for export and parity tests)."""
-    from transformers import LlamaForCausalLM
+    """A `LlamaForCausalLM` (`Qwen3ForCausalLM` with QK-norm) holding a copy of `model`'s weights
+    (for export and parity tests)."""
+    import transformers
 
-    hf_model = LlamaForCausalLM(llama_config(model.config, tokenizer, eos_token, bos_token))
+    model_class = getattr(transformers, HF_ARCHITECTURES[hf_model_type(model.config)])
+    hf_model = model_class(hf_config(model.config, tokenizer, eos_token, bos_token))
     hf_model.load_state_dict(to_hf_state_dict(model.state_dict(), model.config), strict=True)
     return hf_model.to(model.tok_embeddings.weight.dtype).eval()
 
 
 def from_hf_model(hf_model) -> WikiMiniModel:
-    """A WikiMiniModel holding a copy of a Llama model's weights."""
+    """A WikiMiniModel holding a copy of a Llama (or Qwen3) model's weights."""
     hf_config = hf_model.config
-    if getattr(hf_config, "model_type", None) != "llama":
-        raise CheckpointError(f"only Llama models can be imported, got model_type={hf_config.model_type!r}")
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type not in HF_ARCHITECTURES:
+        raise CheckpointError(f"only Llama and Qwen3 models can be imported, got model_type={model_type!r}")
     unsupported = []
+    if getattr(hf_config, "use_sliding_window", False):
+        unsupported.append("sliding-window attention")
     if getattr(hf_config, "hidden_act", "silu") != "silu":
         unsupported.append(f"hidden_act={hf_config.hidden_act}")
     if getattr(hf_config, "attention_bias", False) or getattr(hf_config, "mlp_bias", False):
@@ -128,7 +148,7 @@ def from_hf_model(hf_model) -> WikiMiniModel:
     if head_dim * hf_config.num_attention_heads != hf_config.hidden_size:
         unsupported.append(f"head_dim {head_dim} != hidden_size / num_attention_heads")
     if unsupported:
-        raise CheckpointError(f"cannot import this Llama model: unsupported {', '.join(unsupported)}")
+        raise CheckpointError(f"cannot import this {model_type} model: unsupported {', '.join(unsupported)}")
     rope_theta = rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
     n_kv = hf_config.num_key_value_heads
     config = ModelConfig(
@@ -142,6 +162,7 @@ def from_hf_model(hf_model) -> WikiMiniModel:
         rope_theta=float(rope_theta),
         norm_eps=hf_config.rms_norm_eps,
         tie_embeddings=bool(hf_config.tie_word_embeddings),
+        qk_norm=model_type == "qwen3",
     )
     model = WikiMiniModel(config)
     state = from_hf_state_dict(hf_model.state_dict(), config)
@@ -177,7 +198,7 @@ def _readable_by_all(directory: Path) -> None:
 
 
 def export_checkpoint(checkpoint: str | Path, output_dir: str | Path) -> Path:
-    """Our checkpoint -> HF Llama directory (config.json, model.safetensors, tokenizer files)."""
+    """Our checkpoint -> HF Llama (or Qwen3) directory (config.json, model.safetensors, tokenizer files)."""
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise CheckpointError(f"{output_dir} is a file; an export is a directory (choose a new --output)")
@@ -202,17 +223,19 @@ def _weights_error(input_dir: Path, exc: Exception) -> str:
 
 
 def import_hf(input_dir: str | Path, output: str | Path) -> Path:
-    """HF Llama directory (e.g. a llama2.c TinyStories model in HF format) -> our checkpoint."""
-    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+    """HF Llama or Qwen3 directory (e.g. a llama2.c TinyStories model in HF format) -> our checkpoint."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
 
     input_dir = Path(input_dir)
     if not (input_dir / "config.json").exists():
         raise CheckpointError(f"{input_dir} is not a Hugging Face model directory (no config.json)")
     hf_config = AutoConfig.from_pretrained(str(input_dir))
-    if hf_config.model_type != "llama":
-        raise CheckpointError(f"only Llama models can be imported, got model_type={hf_config.model_type!r}")
+    if hf_config.model_type not in HF_ARCHITECTURES:
+        raise CheckpointError(f"only Llama and Qwen3 models can be imported, got model_type={hf_config.model_type!r}")
+    model_class = getattr(transformers, HF_ARCHITECTURES[hf_config.model_type])
     try:
-        hf_model = LlamaForCausalLM.from_pretrained(str(input_dir), dtype=torch.float32)
+        hf_model = model_class.from_pretrained(str(input_dir), dtype=torch.float32)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
         raise CheckpointError(_weights_error(input_dir, exc)) from None
     model = from_hf_model(hf_model)
