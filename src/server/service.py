@@ -135,22 +135,36 @@ class StoryService:
             last = time.perf_counter()
             try:
                 while text.finish_reason is None:
-                    item = await tokens.get()
-                    if isinstance(item, Finished):
-                        delta = text.finish(item.reason)
-                    elif isinstance(item, BaseException):
-                        raise item
-                    else:
-                        now = time.perf_counter()
-                        self.metrics.generated_tokens.inc()
-                        self.metrics.step_seconds.observe(now - last)
-                        last = now
-                        delta = text.push(item)
+                    # Tokens that arrived while the previous delta was being sent go out as one
+                    # delta: when the client or this loop falls behind the decoder, it catches up.
+                    items = [await tokens.get()]
+                    while not tokens.empty():
+                        items.append(tokens.get_nowait())
+                    delta = ""
+                    for item in items:
+                        if isinstance(item, Finished):
+                            delta += text.finish(item.reason)
+                        elif isinstance(item, BaseException):
+                            raise item
+                        else:
+                            delta += text.push(item)
+                        if text.finish_reason is not None:
+                            break
+                    self._count_tokens(sum(isinstance(item, int) for item in items), last)
+                    last = time.perf_counter()
                     if delta:
                         yield delta
             finally:
                 self.engine.cancel(request)  # stops decoding when we leave early (disconnect, stop sequence)
             yield text.result()
+
+    def _count_tokens(self, n_tokens: int, since: float) -> None:
+        """Count `n_tokens` that arrived together, each `1/n` of the time since the last ones."""
+        if n_tokens:
+            self.metrics.generated_tokens.inc(n_tokens)
+            interval = (time.perf_counter() - since) / n_tokens
+            for _ in range(n_tokens):
+                self.metrics.step_seconds.observe(interval)
 
     async def score(self, sequences: list[list[int]], top_k: int) -> list[TokenScores]:
         """Log-probabilities of each sequence, on the scoring thread (one prefill per batch of
