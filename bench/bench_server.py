@@ -194,8 +194,10 @@ def running(command: list[str], url: str, ready_path: str, name: str):
 
 
 def measure(port: int, args, api: str) -> list[dict]:
+    """Every level, with enough bursts that its TTFT percentiles pool at least --min-streams streams."""
     load_level(port, 2, 10, 1, args.distinct_prompts, api)  # warm-up
-    return [load_level(port, n, args.max_tokens, args.rounds, args.distinct_prompts, api) for n in args.streams]
+    return [load_level(port, n, args.max_tokens, max(args.rounds, -(-args.min_streams // n)), args.distinct_prompts, api)
+            for n in args.streams]
 
 
 def main() -> None:
@@ -204,6 +206,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-tokens", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3, help="bursts per level; percentiles pool them")
+    parser.add_argument("--min-streams", type=int, default=24,
+                        help="more bursts where a level would pool fewer streams than this (default 24)")
     parser.add_argument("--distinct-prompts", action="store_true",
                         help="a new prompt for every stream, never repeated (default: one shared prompt, as "
                         "from the web UI, which the server's prefix cache serves after its first prefill)")
@@ -247,8 +251,8 @@ def main() -> None:
     print(f"\nServer: {health['checkpoint']} ({health['parameters']:,} params) on {health['device']}, "
           f"precision {health.get('precision', '?')}, decode engine {health.get('engine', '?')}, "
           f"MAX_CONCURRENT {args.max_concurrent}, {args.max_tokens} max tokens per stream, {os.cpu_count()} CPU cores")
-    print(f"prompts: {'one per stream' if args.distinct_prompts else 'shared'}; {args.rounds} bursts per level, "
-          f"TTFT percentiles over all of them; API {'/v1/completions' if api != 'generate' else '/generate'}\n")
+    print(f"prompts: {'one per stream' if args.distinct_prompts else 'shared'}; at least {args.rounds} bursts and "
+          f"{args.min_streams} streams per level, TTFT percentiles over all of them; API {'/v1/completions' if api != 'generate' else '/generate'}\n")
     if skipped:
         print(f"skipped llama-server: {skipped}\n")
     if theirs is None:
