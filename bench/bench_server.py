@@ -167,13 +167,16 @@ def load_level(port: int, streams: int, max_tokens: int, rounds: int, distinct: 
 
 @contextlib.contextmanager
 def running(command: list[str], url: str, ready_path: str, name: str):
-    """Start a server process and wait until `ready_path` answers 200; stop it afterwards."""
-    server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ)
+    """Start a server process and wait until `ready_path` answers 200; stop it afterwards. Its log
+    goes to a file: a pipe nobody drains would block a server that logs every request."""
+    log = tempfile.TemporaryFile()
+    server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=log, env=os.environ)
     try:
         deadline = time.time() + 180
         while True:
             if server.poll() is not None:
-                sys.exit(f"{name} exited: {server.stderr.read().decode()[-2000:]}")
+                log.seek(0)
+                sys.exit(f"{name} exited: {log.read().decode(errors='replace')[-2000:]}")
             try:
                 response = httpx.get(f"{url}{ready_path}", timeout=2)
                 if response.status_code == 200:
@@ -191,6 +194,7 @@ def running(command: list[str], url: str, ready_path: str, name: str):
         except subprocess.TimeoutExpired:  # llama-server can wait on idle keep-alive connections
             server.kill()
             server.wait(timeout=10)
+        log.close()
 
 
 def measure(port: int, args, api: str) -> list[dict]:
