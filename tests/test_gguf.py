@@ -159,22 +159,6 @@ def test_qk_norm_goes_out_as_qwen3_with_unpermuted_rows_and_its_norms(tmp_path, 
     assert np.array_equal(f32(reader, "blk.1.attn_k_norm.weight"), state["layers.1.attention.k_norm.weight"])
 
 
-@needs_llama_cpp
-def test_llama_cpp_logits_equal_ours_with_qk_norm(tmp_path, tokenizer):
-    from src.model.gguf_export import export_gguf
-
-    checkpoint = qk_norm_checkpoint(tmp_path, tokenizer)
-    loaded = load_model(checkpoint, precision="fp32")
-    tokens = [loaded.story_start_id] + loaded.tokenizer.encode(STORY).ids[:40]
-    llm = llama_cpp_model(export_gguf(checkpoint, tmp_path / "qk.gguf"), loaded.config.max_seq_len)
-    llm.reset()
-    llm.eval(tokens)
-    theirs = np.asarray(llm.scores[: len(tokens)], dtype=np.float32)
-    with torch.no_grad():
-        ours = loaded.model(torch.tensor([tokens]))[0].numpy()
-    assert np.abs(theirs - ours).max() <= 2e-3
-
-
 def test_untied_embeddings_write_an_output_tensor(tmp_path, tokenizer):
     torch.manual_seed(1)
     model = WikiMiniModel(tiny_model_config(tie_embeddings=False))
@@ -266,17 +250,30 @@ def demo_gguf(tmp_path_factory) -> Path:
     return export_gguf(DEMO, tmp_path_factory.mktemp("gguf") / "demo.gguf")
 
 
-@needs_llama_cpp
-def test_llama_cpp_logits_equal_ours(demo_gguf):
-    loaded = load_model(DEMO, precision="fp32")
-    tokens = [loaded.story_start_id] + loaded.tokenizer.encode(STORY).ids
-    llm = llama_cpp_model(demo_gguf, loaded.config.max_seq_len)
+def llama_cpp_logit_gap(checkpoint: Path, gguf_path: Path, text: str = STORY) -> float:
+    """Largest |logit difference| between llama.cpp on `gguf_path` and us, over a story's tokens."""
+    loaded = load_model(checkpoint, precision="fp32")
+    tokens = [loaded.story_start_id] + loaded.tokenizer.encode(text).ids
+    llm = llama_cpp_model(gguf_path, loaded.config.max_seq_len)
     llm.reset()
     llm.eval(tokens)
     theirs = np.asarray(llm.scores[: len(tokens)], dtype=np.float32)
     with torch.no_grad():
         ours = loaded.model(torch.tensor([tokens]))[0].numpy()
-    assert np.abs(theirs - ours).max() <= 2e-3
+    return float(np.abs(theirs - ours).max())
+
+
+@needs_llama_cpp
+def test_llama_cpp_logits_equal_ours(demo_gguf):
+    assert llama_cpp_logit_gap(DEMO, demo_gguf) <= 2e-3
+
+
+@needs_llama_cpp
+def test_llama_cpp_logits_equal_ours_with_qk_norm(tmp_path, tokenizer):
+    from src.model.gguf_export import export_gguf
+
+    checkpoint = qk_norm_checkpoint(tmp_path, tokenizer)
+    assert llama_cpp_logit_gap(checkpoint, export_gguf(checkpoint, tmp_path / "qk.gguf"), STORY[:60]) <= 2e-3
 
 
 @needs_llama_cpp

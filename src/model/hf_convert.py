@@ -29,6 +29,15 @@ def hf_model_type(config: ModelConfig) -> str:
     return "qwen3" if config.qk_norm else "llama"
 
 
+def hf_model_class(model_type: str | None):
+    """The transformers class that holds a `model_type` we can import, or a one-line error."""
+    import transformers
+
+    if model_type not in HF_ARCHITECTURES:
+        raise CheckpointError(f"only Llama and Qwen3 models can be imported, got model_type={model_type!r}")
+    return getattr(transformers, HF_ARCHITECTURES[model_type])
+
+
 def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     q_size = config.n_heads * config.head_dim
     kv_size = config.kv_heads * config.head_dim
@@ -120,9 +129,7 @@ def to_hf_model(model: WikiMiniModel, tokenizer: Tokenizer | None = None, eos_to
                 bos_token: str | None = None):
     """A `LlamaForCausalLM` (`Qwen3ForCausalLM` with QK-norm) holding a copy of `model`'s weights
     (for export and parity tests)."""
-    import transformers
-
-    model_class = getattr(transformers, HF_ARCHITECTURES[hf_model_type(model.config)])
+    model_class = hf_model_class(hf_model_type(model.config))
     hf_model = model_class(hf_config(model.config, tokenizer, eos_token, bos_token))
     hf_model.load_state_dict(to_hf_state_dict(model.state_dict(), model.config), strict=True)
     return hf_model.to(model.tok_embeddings.weight.dtype).eval()
@@ -132,8 +139,7 @@ def from_hf_model(hf_model) -> WikiMiniModel:
     """A WikiMiniModel holding a copy of a Llama (or Qwen3) model's weights."""
     hf_config = hf_model.config
     model_type = getattr(hf_config, "model_type", None)
-    if model_type not in HF_ARCHITECTURES:
-        raise CheckpointError(f"only Llama and Qwen3 models can be imported, got model_type={model_type!r}")
+    hf_model_class(model_type)
     unsupported = []
     if getattr(hf_config, "use_sliding_window", False):
         unsupported.append("sliding-window attention")
@@ -224,16 +230,13 @@ def _weights_error(input_dir: Path, exc: Exception) -> str:
 
 def import_hf(input_dir: str | Path, output: str | Path) -> Path:
     """HF Llama or Qwen3 directory (e.g. a llama2.c TinyStories model in HF format) -> our checkpoint."""
-    import transformers
     from transformers import AutoConfig, AutoTokenizer
 
     input_dir = Path(input_dir)
     if not (input_dir / "config.json").exists():
         raise CheckpointError(f"{input_dir} is not a Hugging Face model directory (no config.json)")
     hf_config = AutoConfig.from_pretrained(str(input_dir))
-    if hf_config.model_type not in HF_ARCHITECTURES:
-        raise CheckpointError(f"only Llama and Qwen3 models can be imported, got model_type={hf_config.model_type!r}")
-    model_class = getattr(transformers, HF_ARCHITECTURES[hf_config.model_type])
+    model_class = hf_model_class(hf_config.model_type)
     try:
         hf_model = model_class.from_pretrained(str(input_dir), dtype=torch.float32)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
