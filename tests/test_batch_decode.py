@@ -404,13 +404,17 @@ def test_native_step_with_int8_weights_stays_close_to_float32(tokenizer):
             assert (fast - exact).abs().max() <= 0.05 * exact.abs().max()
 
 
-def test_without_a_compiler_decoding_is_eager_with_one_warning(generator, monkeypatch, tmp_path):
+@pytest.mark.parametrize("compiler", ["missing", "failing"])
+def test_without_a_working_compiler_decoding_is_eager_with_one_warning(generator, monkeypatch, tmp_path, compiler):
     from src.generation import native
 
-    monkeypatch.setattr(native, "_library", None)
-    monkeypatch.setattr(native, "_unavailable", None)
+    monkeypatch.setattr(native, "_libraries", {})
     monkeypatch.setattr(native.native_step, "warned", False, raising=False)
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    cxx = tmp_path / "c++"
+    if compiler == "failing":  # it answers --version, then fails every build
+        cxx.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo 'c++ 1.0' && exit 0\necho 'error: broken' >&2; exit 1\n")
+        cxx.chmod(0o755)
+    monkeypatch.setenv("CXX", str(cxx))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=8, stop_at_eos=False)
     with pytest.warns(RuntimeWarning, match="native decode step is unavailable, decoding eagerly"):

@@ -6,10 +6,13 @@ row, every layer, the logits) in one call, on the model's own weights and the De
 KV cache (prompts too, their tokens as rows of one cache row), so sampling and the cache's
 bookkeeping stay in PyTorch.
 
-The library is compiled with the system's C++ compiler (`-O3 -march=native -fopenmp`) into a
-cache keyed by the source, the compiler and the CPU's flags, written to a temp file and renamed
-into place. Without a compiler, or where the build fails, decoding stays eager with one warning.
-`WIKIMINI_NATIVE=0` turns it off.
+The library is compiled with the system's C++ compiler for this CPU (`-march=native`, or
+`-mcpu=native` on ARM; `WIKIMINI_NATIVE_ARCH` overrides, e.g. `-march=x86-64-v3` for the AVX2
+kernel on an AVX512 machine), with OpenMP where the compiler has it. It is cached, keyed by the
+source, the compiler, the flags and the CPU's flags, written to a temp file and renamed into
+place, with its SHA-256 beside it: a damaged or foreign file is rebuilt, never loaded. Without a
+compiler, or where the build fails, decoding stays eager with one warning. `WIKIMINI_NATIVE=0`
+turns it off.
 
 Which weights it takes: float32 (the same math as eager float32, so greedy decoding gives the
 same tokens) or the int8 model of `src.model.quantize` (the same int8 weights and scales, with
@@ -24,13 +27,14 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import warnings
 import weakref
 from pathlib import Path
 
 import torch
 
-from src.atomic_files import atomic_output
+from src.atomic_files import atomic_output, atomic_write_text
 from src.model.kv_cache import KVCache
 from src.model.quantize import Int8Linear
 from src.model.rope import rope_cos_sin
@@ -38,7 +42,8 @@ from src.model.transformer_block import WikiMiniModel
 
 SOURCE = Path(__file__).with_name("native_step.cpp")
 MAX_HEAD_DIM = 256  # native_step.cpp's attention accumulates one head in a buffer of this size
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+COMMON_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17"]
+BUILDING_NOTICE = "building the native decode step, once for this machine"
 
 
 class Matrix(ctypes.Structure):
@@ -75,48 +80,95 @@ def cpu_flags() -> str:
     return platform.processor()
 
 
-_library: ctypes.CDLL | None = None
-_unavailable: str | None = None
+def arch_flags() -> list[str]:
+    """The target flags: `WIKIMINI_NATIVE_ARCH` if set, else this CPU's own instruction set."""
+    if os.environ.get("WIKIMINI_NATIVE_ARCH"):
+        return os.environ["WIKIMINI_NATIVE_ARCH"].split()
+    return ["-mcpu=native"] if platform.machine().lower() in ("arm64", "aarch64") else ["-march=native"]
+
+
+_libraries: dict[tuple[str, ...], ctypes.CDLL | str] = {}  # by arch flags: the library, or why there is none
 
 
 def library() -> ctypes.CDLL | None:
-    """The compiled step (built on first use), or None with the reason in `unavailable()`."""
-    global _library, _unavailable
-    if _library is not None or _unavailable is not None:
-        return _library
-    try:
-        _library = _load()
-    except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
-        _unavailable = " ".join(str(exc).split())[:300]
-    return _library
+    """The compiled step for `arch_flags()` (built on first use), or None with the reason in
+    `unavailable()`."""
+    arch = tuple(arch_flags())
+    if arch not in _libraries:
+        try:
+            _libraries[arch] = _load(list(arch))
+        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+            _libraries[arch] = " ".join(str(exc).split())[:300]
+    found = _libraries[arch]
+    return found if isinstance(found, ctypes.CDLL) else None
 
 
 def unavailable() -> str | None:
-    return _unavailable
+    found = _libraries.get(tuple(arch_flags()))
+    return found if isinstance(found, str) else None
 
 
-def _load() -> ctypes.CDLL:
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _build(compiler: str, arch: list[str], path: Path) -> None:
+    """Compile into `path` (atomically), with OpenMP, or without it where the compiler has none
+    (Apple's clang), and write the file's digest beside it."""
+    print(f"{BUILDING_NOTICE} ({path.name})", file=sys.stderr, flush=True)
+    failures = []
+    for openmp in (["-fopenmp"], []):
+        try:
+            with atomic_output(path) as tmp:
+                result = subprocess.run([compiler, *COMMON_FLAGS, *arch, *openmp, str(SOURCE), "-o", str(tmp)],
+                                        capture_output=True, text=True, timeout=300)
+                if result.returncode != 0:
+                    raise RuntimeError(result.stderr.strip()[-300:])
+                digest = _digest(tmp)
+        except RuntimeError as exc:
+            failures.append(str(exc))
+            continue
+        atomic_write_text(path.with_name(path.name + ".sha256"), digest)
+        return
+    raise RuntimeError(f"{compiler} failed: {failures[0]}")
+
+
+def _intact(path: Path) -> bool:
+    """Whether `path` is the file this machine built: present, with the digest written beside it."""
+    digest_file = path.with_name(path.name + ".sha256")
+    try:
+        return path.is_file() and digest_file.read_text().strip() == _digest(path)
+    except OSError:
+        return False
+
+
+def _load(arch: list[str]) -> ctypes.CDLL:
     if os.environ.get("WIKIMINI_NATIVE", "1") == "0":
         raise RuntimeError("turned off by WIKIMINI_NATIVE=0")
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set CXX)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(FLAGS), cpu_flags()]).encode()).hexdigest()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(COMMON_FLAGS + arch),
+                                    cpu_flags()]).encode()).hexdigest()
     path = cache_dir() / f"native_step-{key[:16]}.so"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(path) as tmp:
-            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
-                                    timeout=300)
-            if result.returncode != 0:
-                raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-300:]}")
+    if not _intact(path):  # not built yet, or damaged (cut short, overwritten): build it anew
+        _build(compiler, arch, path)
     lib = ctypes.CDLL(str(path))
     int64s = ctypes.POINTER(ctypes.c_int64)
     lib.native_decode_step.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, int64s, int64s, int64s, ctypes.c_int64,
                                        ctypes.c_void_p, ctypes.c_int]
     lib.native_decode_step.restype = ctypes.c_int
+    lib.native_kernel.restype = ctypes.c_char_p
+    lib.native_matmul.argtypes = [ctypes.POINTER(Matrix), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                  ctypes.c_int]
+    lib.native_matmul.restype = None
     return lib
+
+
+def kernel(lib: ctypes.CDLL) -> str:
+    """The int8 kernel a build compiled: avx512-vnni, avx-vnni, avx2, neon-dotprod, neon or scalar."""
+    return lib.native_kernel().decode()
 
 
 def supports(model: WikiMiniModel, cache: KVCache) -> str | None:

@@ -2,20 +2,47 @@
 //
 // In the spirit of llama2.c's run.c / runq.c: plain loops over float32 activations, with the
 // matmuls either in float32 or, for int8 weights, llama.cpp's way: each activation row is
-// quantized to 8 bits and multiplied with the int8 weights in integer dot products (AVX512-VNNI
-// where the CPU has it). A prompt is prefilled by the same call, its tokens as rows of one cache
-// row. Sampling and the cache's bookkeeping stay in PyTorch (src/generation/native.py); this
-// file writes each row's new key/value into the same cache tensors and returns the logits.
+// quantized to signed 8 bits and multiplied with the int8 weights in integer dot products, with
+// one kernel per instruction set (AVX512-VNNI, AVX-VNNI, AVX2, NEON with and without the dot
+// product extension, and a plain loop that every other CPU compiles). A prompt is prefilled by
+// the same call, its tokens as rows of one cache row. Sampling and the cache's bookkeeping stay in
+// PyTorch (src/generation/native.py); this file writes each row's new key/value into the same
+// cache tensors and returns the logits.
 //
-// Built per machine with -march=native and OpenMP (the libgomp that torch has already loaded).
+// Built per machine (-march=native, or -mcpu=native on ARM) with OpenMP where the compiler has it
+// (the libgomp that torch has already loaded).
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
-#define NATIVE_VNNI512 1
+#define KERNEL_AVX512_VNNI 1
+#define KERNEL_NAME "avx512-vnni"
+#define ACTIVATION_OFFSET 128  // dpbusd multiplies unsigned by signed bytes: activations go in + 128
+#elif defined(__AVX2__)
+#include <immintrin.h>
+#define KERNEL_AVX2 1
+#if defined(__AVXVNNI__)
+#define KERNEL_NAME "avx-vnni"
+#else
+#define KERNEL_NAME "avx2"
+#endif
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#include <arm_neon.h>
+#define KERNEL_NEON 1
+#if defined(__ARM_FEATURE_DOTPROD)
+#define KERNEL_NAME "neon-dotprod"
+#else
+#define KERNEL_NAME "neon"
+#endif
+#else
+#define KERNEL_NAME "scalar"
+#endif
+#ifndef ACTIVATION_OFFSET
+#define ACTIVATION_OFFSET 0
 #endif
 
 extern "C" {
@@ -55,7 +82,9 @@ namespace {
 
 // Scratch that lives across calls (one decode loop per thread calls in).
 thread_local std::vector<float> x_buf, xb_buf, qkv_buf, att_buf, hidden_buf, score_buf;
-thread_local std::vector<uint8_t> xq_buf;
+// A quantized activation: q in [-127, 127], stored as q + ACTIVATION_OFFSET.
+using Act = std::conditional_t<ACTIVATION_OFFSET == 0, int8_t, uint8_t>;
+thread_local std::vector<Act> xq_buf;
 thread_local std::vector<float> xscale_buf;
 
 // exp(x) as Cephes' expf computes it: 2^k exp(r) with |r| <= ln2/2 and a degree-6 polynomial
@@ -85,29 +114,22 @@ void rms_norm(float* out, const float* x, const float* weight, int64_t n, float 
     for (int64_t i = 0; i < n; i++) out[i] = weight[i] * (x[i] * inv);
 }
 
-inline int32_t dot_u8s8(const uint8_t* a, const int8_t* b, int64_t n) {
-#ifdef NATIVE_VNNI512
-    __m512i acc = _mm512_setzero_si512();
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64)
-        acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(a + i), _mm512_loadu_si512(b + i));
-    if (i < n) {
-        const __mmask64 m = _bzhi_u64(~0ULL, (unsigned)(n - i));
-        acc = _mm512_dpbusd_epi32(acc, _mm512_maskz_loadu_epi8(m, a + i), _mm512_maskz_loadu_epi8(m, b + i));
-    }
-    return _mm512_reduce_add_epi32(acc);
-#else
+// The int8 dot products of one quantized activation row `a` with four consecutive weight rows
+// (`stride` apart): out[k] = sum_i a[i] * w[k * stride + i], exactly, in int32 (the stored a, so
+// with an offset the caller takes 128 * sum(w) back out). Activations and weights are in
+// [-127, 127], so a pair of products fits int16 (the AVX2 kernel's maddubs).
+inline int32_t dot_plain(const Act* a, const int8_t* w, int64_t from, int64_t n) {
     int32_t sum = 0;
-    for (int64_t i = 0; i < n; i++) sum += int32_t(a[i]) * int32_t(b[i]);
+    for (int64_t i = from; i < n; i++) sum += int32_t(a[i]) * int32_t(w[i]);
     return sum;
-#endif
 }
 
-#ifdef NATIVE_VNNI512
-// The dot products of one activation row with four consecutive weight rows (`stride` apart), as
-// (w0.a, w1.a, w2.a, w3.a): one activation load feeds four accumulators, which are then
-// reduced together.
-inline __m128i dot4_u8s8(const uint8_t* a, const int8_t* w, int64_t stride, int64_t n) {
+inline void dot4_plain(const Act* a, const int8_t* w, int64_t stride, int64_t from, int64_t n, int32_t out[4]) {
+    for (int k = 0; k < 4; k++) out[k] += dot_plain(a, w + k * stride, from, n);
+}
+
+#if defined(KERNEL_AVX512_VNNI)
+inline void dot4(const Act* a, const int8_t* w, int64_t stride, int64_t n, int32_t out[4]) {
     __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     int64_t i = 0;
     for (; i + 64 <= n; i += 64) {
@@ -117,7 +139,7 @@ inline __m128i dot4_u8s8(const uint8_t* a, const int8_t* w, int64_t stride, int6
         acc2 = _mm512_dpbusd_epi32(acc2, x, _mm512_loadu_si512(w + 2 * stride + i));
         acc3 = _mm512_dpbusd_epi32(acc3, x, _mm512_loadu_si512(w + 3 * stride + i));
     }
-    if (i < n) {
+    if (i < n) {  // masked-out bytes load as zero weights
         const __mmask64 m = _bzhi_u64(~0ULL, (unsigned)(n - i));
         const __m512i x = _mm512_maskz_loadu_epi8(m, a + i);
         acc0 = _mm512_dpbusd_epi32(acc0, x, _mm512_maskz_loadu_epi8(m, w + i));
@@ -130,7 +152,66 @@ inline __m128i dot4_u8s8(const uint8_t* a, const int8_t* w, int64_t stride, int6
     const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(acc2, acc3), _mm512_unpackhi_epi32(acc2, acc3));
     const __m512i abcd = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
     const __m256i half = _mm256_add_epi32(_mm512_castsi512_si256(abcd), _mm512_extracti64x4_epi64(abcd, 1));
-    return _mm_add_epi32(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
+    _mm_storeu_si128((__m128i*)out, _mm_add_epi32(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1)));
+}
+
+#elif defined(KERNEL_AVX2)
+// a * w as |a| * (w with a's sign): unsigned times signed bytes, as llama.cpp's AVX2 q8_0 kernel.
+inline __m256i dot32(__m256i acc, __m256i abs_a, __m256i sign_a, __m256i w) {
+    const __m256i signed_w = _mm256_sign_epi8(w, sign_a);
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, abs_a, signed_w);
+#else
+    const __m256i pairs = _mm256_maddubs_epi16(abs_a, signed_w);  // adjacent products summed, int16
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+#endif
+}
+
+inline void dot4(const Act* a, const int8_t* w, int64_t stride, int64_t n, int32_t out[4]) {
+    __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m256i x = _mm256_loadu_si256((const __m256i*)(a + i));
+        const __m256i ax = _mm256_sign_epi8(x, x);
+        acc0 = dot32(acc0, ax, x, _mm256_loadu_si256((const __m256i*)(w + i)));
+        acc1 = dot32(acc1, ax, x, _mm256_loadu_si256((const __m256i*)(w + stride + i)));
+        acc2 = dot32(acc2, ax, x, _mm256_loadu_si256((const __m256i*)(w + 2 * stride + i)));
+        acc3 = dot32(acc3, ax, x, _mm256_loadu_si256((const __m256i*)(w + 3 * stride + i)));
+    }
+    // (a, b, c, d) per 128-bit lane after two horizontal adds, then the two lanes added
+    const __m256i abcd = _mm256_hadd_epi32(_mm256_hadd_epi32(acc0, acc1), _mm256_hadd_epi32(acc2, acc3));
+    _mm_storeu_si128((__m128i*)out, _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1)));
+    if (i < n) dot4_plain(a, w, stride, i, n, out);
+}
+
+#elif defined(KERNEL_NEON)
+inline int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t w) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return vdotq_s32(acc, a, w);
+#else
+    const int16x8_t pairs = vmlal_s8(vmull_s8(vget_low_s8(a), vget_low_s8(w)), vget_high_s8(a), vget_high_s8(w));
+    return vpadalq_s16(acc, pairs);
+#endif
+}
+
+inline void dot4(const Act* a, const int8_t* w, int64_t stride, int64_t n, int32_t out[4]) {
+    int32x4_t acc0 = vdupq_n_s32(0), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const int8x16_t x = vld1q_s8(a + i);
+        acc0 = dot16(acc0, x, vld1q_s8(w + i));
+        acc1 = dot16(acc1, x, vld1q_s8(w + stride + i));
+        acc2 = dot16(acc2, x, vld1q_s8(w + 2 * stride + i));
+        acc3 = dot16(acc3, x, vld1q_s8(w + 3 * stride + i));
+    }
+    vst1q_s32(out, vpaddq_s32(vpaddq_s32(acc0, acc1), vpaddq_s32(acc2, acc3)));
+    if (i < n) dot4_plain(a, w, stride, i, n, out);
+}
+
+#else
+inline void dot4(const Act* a, const int8_t* w, int64_t stride, int64_t n, int32_t out[4]) {
+    out[0] = out[1] = out[2] = out[3] = 0;
+    dot4_plain(a, w, stride, 0, n, out);
 }
 #endif
 
@@ -180,8 +261,7 @@ void matmul(float* y, const float* x, const Matrix& w, int64_t rows, int threads
             for (int64_t r = 0; r < rows; r++) y[r * out + o] = dot_f32(x + r * in, w.f32 + o * in, in);
         return;
     }
-    // Each activation row to unsigned 8 bits: q = round(x / s) + 128, s = max|x| / 127. The +128
-    // offset is taken back out with the weights' row sums: sum((q - 128) w) = sum(q w) - 128 sum(w).
+    // Each activation row to 8 bits: q = round(x / s), s = max|x| / 127.
     xq_buf.resize(rows * in);
     xscale_buf.resize(rows);
     for (int64_t r = 0; r < rows; r++) {
@@ -191,37 +271,31 @@ void matmul(float* y, const float* x, const Matrix& w, int64_t rows, int threads
         for (int64_t i = 0; i < in; i++) amax = amax > std::fabs(xr[i]) ? amax : std::fabs(xr[i]);
         const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
         const float inv = 1.0f / s;
-        uint8_t* q = xq_buf.data() + r * in;
+        Act* q = xq_buf.data() + r * in;
 #pragma omp simd
-        for (int64_t i = 0; i < in; i++) {  // round half away from zero, in [1, 255]
+        for (int64_t i = 0; i < in; i++) {  // round half away from zero, in [-127, 127]
             const float v = xr[i] * inv;
-            q[i] = uint8_t(int32_t(v + (v >= 0.0f ? 0.5f : -0.5f)) + 128);
+            q[i] = Act(int32_t(v + (v >= 0.0f ? 0.5f : -0.5f)) + ACTIVATION_OFFSET);
         }
         xscale_buf[r] = s;
     }
-    const uint8_t* xq = xq_buf.data();
+    const Act* xq = xq_buf.data();
     const float* xs = xscale_buf.data();
     const int64_t blocks = (out + 3) / 4;  // four output rows at a time
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t b = 0; b < blocks; b++) {
-        const int64_t o0 = 4 * b;
-#ifdef NATIVE_VNNI512
-        if (o0 + 4 <= out) {
-            const __m128i offset = _mm_slli_epi32(_mm_loadu_si128((const __m128i*)(w.row_sum + o0)), 7);
-            const __m128 scale = _mm_loadu_ps(w.scale + o0);
-            for (int64_t r = 0; r < rows; r++) {
-                const __m128i dots = _mm_sub_epi32(dot4_u8s8(xq + r * in, w.q8 + o0 * in, in, in), offset);
-                const __m128 values = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(dots), scale), _mm_set1_ps(xs[r]));
-                _mm_storeu_ps(y + r * out + o0, values);
-            }
-            continue;
-        }
-#endif
-        for (int64_t o = o0; o < out && o < o0 + 4; o++) {
-            const int8_t* wo = w.q8 + o * in;
-            const int32_t offset = 128 * w.row_sum[o];
-            for (int64_t r = 0; r < rows; r++)
-                y[r * out + o] = float(dot_u8s8(xq + r * in, wo, in) - offset) * w.scale[o] * xs[r];
+        const int64_t o0 = 4 * b, n_out = out - o0 < 4 ? out - o0 : 4;
+        const int8_t* wb = w.q8 + o0 * in;
+        int32_t offset[4] = {0, 0, 0, 0};  // the stored activations' offset times each row's sum
+        for (int64_t k = 0; k < n_out; k++) offset[k] = ACTIVATION_OFFSET * w.row_sum[o0 + k];
+        for (int64_t r = 0; r < rows; r++) {
+            int32_t dots[4] = {0, 0, 0, 0};
+            if (n_out == 4)
+                dot4(xq + r * in, wb, in, in, dots);
+            else  // the last, partial block, one row at a time (four would read past the weights)
+                for (int64_t k = 0; k < n_out; k++) dots[k] = dot_plain(xq + r * in, wb + k * in, 0, in);
+            for (int64_t k = 0; k < n_out; k++)
+                y[r * out + o0 + k] = float(dots[k] - offset[k]) * w.scale[o0 + k] * xs[r];
         }
     }
 }
@@ -314,4 +388,12 @@ extern "C" int native_decode_step(const Model* m, int64_t rows, const int64_t* t
     for (int64_t r = logits_from; r < rows; r++) rms_norm(xb + r * dim, x + r * dim, m->norm, dim, m->eps);
     matmul(logits, xb + logits_from * dim, m->output, rows - logits_from, threads);
     return 0;
+}
+
+// Which int8 kernel this build compiled, and its matmul alone: for tests and benches that hold
+// each build against the plain loop and against PyTorch on the same weights.
+extern "C" const char* native_kernel() { return KERNEL_NAME; }
+
+extern "C" void native_matmul(const Matrix* w, int64_t rows, const float* x, float* y, int threads) {
+    matmul(y, x, *w, rows, threads);
 }
