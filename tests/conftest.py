@@ -63,14 +63,13 @@ def before_each_forward(monkeypatch, model, hook) -> None:
         return real_forward(*args, **kwargs)
 
     monkeypatch.setattr(model, "forward", forward)
-    real_step = NativeStep.__call__
+    for name in ("__call__", "sample"):  # decode steps that run natively, without forward
+        def native_step(step, *args, real_step=getattr(NativeStep, name), **kwargs):
+            if step.model is model:
+                hook()
+            return real_step(step, *args, **kwargs)
 
-    def native_step(step, *args, **kwargs):  # a decode step that runs natively, without forward
-        if step.model is model:
-            hook()
-        return real_step(step, *args, **kwargs)
-
-    monkeypatch.setattr(NativeStep, "__call__", native_step)
+        monkeypatch.setattr(NativeStep, name, native_step)
 
 
 def parse_sse(lines) -> list:

@@ -118,8 +118,9 @@ def test_ragged_step_logits_match_hf_llama_full_recompute(tokenizer, native):
             return out
         return call
 
-    if native:
-        batch._native = spy(batch._native, lambda out: out)
+    if native:  # the step samples in the same call; its logits stay in the step's buffer
+        step = batch._native
+        step.sample = spy(step.sample, lambda tokens: step._logits[:len(tokens)])
     else:
         model.forward = spy(model.forward, lambda out: out[:, -1])
     with torch.inference_mode():

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from src.generation.native import native_step
+from src.generation.native import native_sampler, native_step, rng_state
 from src.generation.presets import SamplingParams
 from src.generation.sampling import RowSettings, draw, sample_tokens, sampling_distribution
 from src.model.kv_cache import KVCache
@@ -54,7 +54,8 @@ class Request:
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "eos", "length" or "cancelled" once done
     cancelled: bool = False
-    rng: torch.Generator = field(init=False)
+    rng: torch.Generator = field(init=False)  # PyTorch sampling's generator
+    rng_state: int = field(init=False)  # the native sampler's generator
     next_input: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +63,7 @@ class Request:
             raise ValueError("cannot generate from an empty prompt with a tokenizer that has no EOS/BOS token")
         self.rng = torch.Generator()
         self.rng.manual_seed(self.seed)
+        self.rng_state = rng_state(self.seed)
 
 
 class PrefixCache:
@@ -120,7 +122,10 @@ class DecodeBatch:
         self.lengths = [0] * slots  # positions written in each row of the cache
         self.seen = torch.zeros(slots, model.config.vocab_size, dtype=torch.bool, device=self.device)
         self.requests: list[Request] = []  # row i decodes requests[i]
-        self._settings: RowSettings | None = None
+        self._rows_changed = True  # requests joined, left or moved since the sampler last saw them
+        self._settings: RowSettings | None = None  # PyTorch sampling's per-row settings
+        # Sampling: in C++ on CPU (src/generation/native.py), else PyTorch's (sampling.py).
+        self._sampler = native_sampler(self.device, slots)
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
         # The decode step, first choice: the native step (src/generation/native.py), one call per
         # token for every row (and one per prompt to prefill), on CPU with float32 or int8
@@ -174,11 +179,16 @@ class DecodeBatch:
             self.cache.copy_rows(sources, targets, span=max(len(w) for w in windows))
             for target, leader in copies:
                 self.lengths[target] = self.lengths[leader]
-        settings = RowSettings.of([r.params for r in requests], self.device)
-        tokens = sample_tokens(logits, settings, [r.rng for r in requests], self.seen[start:start + len(requests)])
+        seen = self.seen[start:start + len(requests)]
+        if self._sampler is not None:
+            tokens = self._sampler.sample(logits, seen, requests)
+        else:
+            settings = RowSettings.of([r.params for r in requests], self.device)
+            tokens = sample_tokens(logits, settings, [r.rng for r in requests], seen).tolist()
+            self.seen[torch.arange(start, start + len(requests)), tokens] = True
         self.requests.extend(requests)
-        self._settings = None
-        return self._record(requests, start, tokens)
+        self._rows_changed = True
+        return self._record(requests, tokens)
 
     def _by_window(self, requests: list[Request]) -> tuple[list[Request], list[tuple[int, ...]], list[int]]:
         """Identical windows (many stories start "Once upon a time") are computed once: one
@@ -258,22 +268,40 @@ class DecodeBatch:
         if not self.requests:
             return []
         self._slide_full_rows()
-        if self._settings is None:
-            self._settings = RowSettings.of([r.params for r in self.requests], self.device)
         n = len(self.requests)
-        if self._native is not None:
-            logits = self._native([r.next_input for r in self.requests], self.lengths[:n])
+        if self._rows_changed:
+            if self._sampler is not None:
+                self._sampler.bind(self.requests)
+            else:
+                self._settings = RowSettings.of([r.params for r in self.requests], self.device)
+            self._rows_changed = False
+        inputs, positions = [r.next_input for r in self.requests], self.lengths[:n]
+        if self._native is not None and self._sampler is not None:  # one call: the step and the draws
+            tokens = self._native.sample(inputs, positions, self._sampler, self.seen[:n])
         else:
-            ids = torch.tensor([[r.next_input] for r in self.requests], dtype=torch.long, device=self.device)
-            positions = torch.tensor(self.lengths[:n], device=self.device)[:, None]
-            logits = self._compiled_logits(ids, positions, self.cache) if n == 1 and self._compiled_forward is not None else None
-            if logits is None:
-                logits = self.model(ids, kv_cache=self.cache, input_pos=positions)[:, -1]
+            tokens = self._sample(self._logits(inputs, positions))
         for row in range(n):
             self.lengths[row] += 1
+        return self._record(list(self.requests), tokens)
+
+    def _logits(self, inputs: list[int], positions: list[int]) -> torch.Tensor:
+        """Each row's next-token logits (n, V) from the native, compiled or eager step."""
+        if self._native is not None:
+            return self._native(inputs, positions)
+        ids = torch.tensor(inputs, dtype=torch.long, device=self.device)[:, None]
+        at = torch.tensor(positions, device=self.device)[:, None]
+        logits = self._compiled_logits(ids, at, self.cache) if len(inputs) == 1 and self._compiled_forward else None
+        return logits if logits is not None else self.model(ids, kv_cache=self.cache, input_pos=at)[:, -1]
+
+    def _sample(self, logits: torch.Tensor) -> list[int]:
+        """Each active row's next token from its logits; marks it seen (the repetition penalty)."""
+        n = len(self.requests)
+        if self._sampler is not None:
+            return self._sampler.sample(logits, self.seen[:n])
         distribution = sampling_distribution(logits, self._settings, self.seen[:n])
         tokens = draw(distribution, self._settings, [r.rng for r in self.requests])
-        return self._record(list(self.requests), 0, tokens)
+        self.seen[torch.arange(n, device=self.device), tokens] = True
+        return tokens.tolist()
 
     def compile_in_background(self) -> threading.Thread | None:
         """Decode eagerly at once, and switch to the compiled step when a thread has compiled it.
@@ -327,14 +355,12 @@ class DecodeBatch:
         capacity: the shapes are the same at every position, so it compiles once."""
         return self.model(ids, kv_cache=cache, input_pos=positions, key_span=cache.capacity)[:, -1]
 
-    def _record(self, requests: list[Request], start: int, tokens: torch.Tensor) -> list[tuple[Request, int]]:
-        """Note each row's new token (penalty mask, finish), drop finished rows, return the
-        (request, token) pairs of the generated tokens: an EOS that ends a story is not one of
-        them, the request's `finish_reason` says "eos" instead."""
-        rows = torch.arange(start, start + len(requests), device=self.device)
-        self.seen[rows, tokens] = True
+    def _record(self, requests: list[Request], tokens: list[int]) -> list[tuple[Request, int]]:
+        """Note each row's new token (finish), drop finished rows, return the (request, token)
+        pairs of the generated tokens: an EOS that ends a story is not one of them, the
+        request's `finish_reason` says "eos" instead."""
         emitted = []
-        for request, token in zip(requests, tokens.tolist()):
+        for request, token in zip(requests, tokens):
             if token == self.eos_id and request.params.stop_at_eos:
                 request.finish_reason = "eos"
                 continue
@@ -349,7 +375,7 @@ class DecodeBatch:
     def clear(self) -> None:
         """Forget every request (after a failed step)."""
         self.requests.clear()
-        self._settings = None
+        self._rows_changed = True
 
     def _drop_finished(self) -> None:
         row = 0
@@ -368,4 +394,4 @@ class DecodeBatch:
                 self.seen[row] = self.seen[last]
                 self.requests[row] = self.requests[last]
             self.requests.pop()
-            self._settings = None
+            self._rows_changed = True

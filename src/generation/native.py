@@ -57,6 +57,11 @@ class Layer(ctypes.Structure):
                 ("keys", ctypes.c_void_p), ("values", ctypes.c_void_p)]
 
 
+class Sampling(ctypes.Structure):
+    _fields_ = [("temperature", ctypes.c_float), ("top_p", ctypes.c_float), ("penalty", ctypes.c_float),
+                ("top_k", ctypes.c_int32), ("rng", ctypes.c_uint64)]
+
+
 class Model(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "ffn",
                                                     "vocab", "capacity")] + [
@@ -163,6 +168,12 @@ def _load(arch: list[str]) -> ctypes.CDLL:
     lib.native_matmul.argtypes = [ctypes.POINTER(Matrix), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                   ctypes.c_int]
     lib.native_matmul.restype = None
+    lib.native_sample.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                  ctypes.POINTER(Sampling), int64s]
+    lib.native_sample.restype = None
+    lib.native_decode_and_sample.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, int64s, int64s, ctypes.c_void_p,
+                                             ctypes.c_void_p, ctypes.POINTER(Sampling), int64s, ctypes.c_int]
+    lib.native_decode_and_sample.restype = ctypes.c_int
     return lib
 
 
@@ -266,6 +277,20 @@ class NativeStep:
         the cache's capacity) of cache row i. The tensor is reused: valid until the next call."""
         return self._run(tokens, positions, None, 0)
 
+    def sample(self, tokens: list[int], positions: list[int], sampler: NativeSampler, seen: torch.Tensor) -> list[int]:
+        """The next token of every row, decoded and sampled in one call: rows as in `__call__`,
+        sampled by `sampler`'s rows, with `seen` (rows, V) bool as the penalty's memory (updated)."""
+        rows = len(tokens)
+        if self._logits is None or self._logits.shape[0] < rows:
+            self._logits = torch.empty(rows, self.vocab_size, dtype=torch.float32)
+        out = (ctypes.c_int64 * rows)()
+        status = self._lib.native_decode_and_sample(ctypes.byref(self._spec), rows, (ctypes.c_int64 * rows)(*tokens),
+                                                    (ctypes.c_int64 * rows)(*positions), self._logits.data_ptr(),
+                                                    seen.data_ptr(), sampler.rows, out, torch.get_num_threads())
+        if status != 0:
+            raise ValueError(f"native decode step: a token id or position is out of range ({tokens}, {positions})")
+        return list(out)
+
     def prefill(self, tokens: list[int], row: int) -> torch.Tensor:
         """Write a prompt's keys/values at positions 0.. of cache `row`, in one call (its tokens as
         rows of that cache row); return the logits after its last token (V,), a reused tensor."""
@@ -300,3 +325,62 @@ def native_step(model: WikiMiniModel, cache: KVCache) -> NativeStep | None:
                           RuntimeWarning, stacklevel=2)
         return None
     return NativeStep(lib, model, cache)
+
+
+def rng_state(seed: int) -> int:
+    """A request's native generator state from its seed (splitmix64 takes any 64-bit value)."""
+    return seed % 2**64
+
+
+class NativeSampler:
+    """Draws each row's next token in C++ (`native_sample`): src/generation/sampling.py's
+    semantics, without its dozen tensor ops per token. Each request carries its generator state
+    (`Request.rng_state`); while it is bound to a row the state lives here, and it goes back to
+    the request when the rows change (`bind`), so a seeded request draws the same numbers alone
+    or in any batch."""
+
+    def __init__(self, lib: ctypes.CDLL, slots: int) -> None:
+        self._lib = lib
+        self.rows = (Sampling * slots)()
+        self._bound: list = []  # the requests of rows 0.., in the order they were bound
+
+    def bind(self, requests: list) -> None:
+        """Rows 0.. now sample for `requests` (after rows joined, left or moved)."""
+        self.release()
+        for row, request in enumerate(requests):
+            self.rows[row] = self._settings(request)
+        self._bound = list(requests)
+
+    @staticmethod
+    def _settings(request) -> Sampling:
+        params = request.params
+        return Sampling(params.temperature, params.top_p, params.repetition_penalty, params.top_k, request.rng_state)
+
+    def release(self) -> None:
+        """Give each bound request its current generator state."""
+        for row, request in enumerate(self._bound):
+            request.rng_state = self.rows[row].rng
+        self._bound = []
+
+    def sample(self, logits: torch.Tensor, seen: torch.Tensor, requests: list | None = None) -> list[int]:
+        """One token per row from logits (n, V) for the bound rows, or for `requests` (not bound:
+        rows that have just joined); `seen` (n, V) bool is the penalty's memory, updated."""
+        n, vocab = logits.shape
+        rows = self.rows
+        if requests is not None:
+            rows = (Sampling * n)(*map(self._settings, requests))
+        logits = logits.float().contiguous()
+        out = (ctypes.c_int64 * n)()
+        self._lib.native_sample(n, vocab, logits.data_ptr(), seen.data_ptr(), rows, out)
+        for row, request in enumerate(requests or ()):
+            request.rng_state = rows[row].rng
+        return list(out)
+
+
+def native_sampler(device: torch.device, slots: int) -> NativeSampler | None:
+    """The native sampler for a batch on `device`, or None (PyTorch sampling): on CPU wherever
+    the library builds."""
+    if device.type != "cpu":
+        return None
+    lib = library()
+    return NativeSampler(lib, slots) if lib is not None else None

@@ -14,8 +14,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
@@ -65,6 +67,14 @@ struct Layer {
     float* values;
 };
 
+struct Sampling {           // one row's sampling settings and random state
+    float temperature;      // 0: greedy
+    float top_p;            // 1: off
+    float penalty;          // repetition penalty on tokens already seen, 1: off
+    int32_t top_k;          // 0: off
+    uint64_t rng;           // the request's generator (splitmix64), advanced by each draw
+};
+
 struct Model {
     int64_t dim, n_layers, n_heads, n_kv_heads, head_dim, ffn, vocab, capacity;
     float eps;
@@ -86,6 +96,7 @@ thread_local std::vector<float> x_buf, xb_buf, qkv_buf, att_buf, hidden_buf, sco
 using Act = std::conditional_t<ACTIVATION_OFFSET == 0, int8_t, uint8_t>;
 thread_local std::vector<Act> xq_buf;
 thread_local std::vector<float> xscale_buf;
+thread_local std::vector<std::pair<float, int32_t>> candidate_buf;  // sampling: (scaled logit, token)
 
 // exp(x) as Cephes' expf computes it: 2^k exp(r) with |r| <= ln2/2 and a degree-6 polynomial
 // (about 1 ulp), written so the compiler vectorizes the loops that call it.
@@ -310,6 +321,75 @@ void rope(float* v, const float* cos, const float* sin, int64_t head_dim) {
     }
 }
 
+// A uniform number in [0, 1) from a splitmix64 generator: 64 bits of state, the same sequence
+// on every machine.
+inline double uniform(uint64_t& state) {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return double((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
+}
+
+// One row's next token from its logits, with src/generation/sampling.py's semantics (transformers'
+// order): the repetition penalty on seen tokens, then greedy argmax, or temperature, top-k (ties at
+// the k-th value kept), top-p over the top-k probabilities (a token goes once the more likely ones
+// reach top_p; the first always stays), and one draw from the row's generator. The drawn token is
+// marked seen.
+int32_t sample_row(const float* logits, uint8_t* seen, Sampling& s, int64_t vocab) {
+    auto& cand = candidate_buf;
+    cand.resize(vocab);
+    const bool penalize = s.penalty != 1.0f && seen != nullptr;
+    for (int64_t i = 0; i < vocab; i++) {
+        float v = logits[i];
+        if (penalize && seen[i]) v = v > 0.0f ? v / s.penalty : v * s.penalty;
+        cand[i] = {v, int32_t(i)};
+    }
+    int64_t n = vocab;
+    int32_t token;
+    if (s.temperature <= 0.0f) {
+        token = 0;
+        for (int64_t i = 1; i < vocab; i++)
+            if (cand[i].first > cand[token].first) token = int32_t(i);
+    } else {
+        for (int64_t i = 0; i < n; i++) cand[i].first /= s.temperature;
+        const auto larger = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+            return a.first > b.first || (a.first == b.first && a.second < b.second);
+        };
+        const bool filter = s.top_k > 0 || s.top_p < 1.0f;
+        if (s.top_k > 0 && s.top_k < n) {  // the k largest, then every tie of the k-th
+            std::nth_element(cand.begin(), cand.begin() + (s.top_k - 1), cand.begin() + n, larger);
+            const float kth = cand[s.top_k - 1].first;
+            int64_t kept = s.top_k;
+            for (int64_t i = s.top_k; i < n; i++)
+                if (cand[i].first >= kth) std::swap(cand[kept++], cand[i]);
+            n = kept;
+        }
+        if (filter) std::sort(cand.begin(), cand.begin() + n, larger);
+        const float top = filter ? cand[0].first : std::max_element(cand.begin(), cand.begin() + n)->first;
+        double total = 0.0;
+        for (int64_t i = 0; i < n; i++) total += (cand[i].first = std::exp(cand[i].first - top));
+        if (s.top_p < 1.0f) {  // the nucleus, in the probabilities after top-k
+            double before = 0.0;
+            int64_t kept = 0;
+            while (kept < n && (kept == 0 || before < double(s.top_p) * total)) before += cand[kept++].first;
+            n = kept;
+            total = before;
+        }
+        const double target = uniform(s.rng) * total;
+        double cumulative = 0.0;
+        token = cand[n - 1].second;  // where rounding leaves the target past the last sum
+        for (int64_t i = 0; i < n; i++) {
+            cumulative += cand[i].first;
+            if (target < cumulative) {
+                token = cand[i].second;
+                break;
+            }
+        }
+    }
+    if (seen) seen[token] = 1;
+    return token;
+}
+
 }  // namespace
 
 // Row r's token goes to cache row cache_rows[r] (r when null) at positions[r]. Rows may share a
@@ -388,6 +468,23 @@ extern "C" int native_decode_step(const Model* m, int64_t rows, const int64_t* t
     for (int64_t r = logits_from; r < rows; r++) rms_norm(xb + r * dim, x + r * dim, m->norm, dim, m->eps);
     matmul(logits, xb + logits_from * dim, m->output, rows - logits_from, threads);
     return 0;
+}
+
+// One token per row from logits (rows, vocab), row r with samplers[r], its seen tokens at
+// seen + r * vocab (null: no penalty). The decode step's callers sample through this right after it.
+extern "C" void native_sample(int64_t rows, int64_t vocab, const float* logits, uint8_t* seen, Sampling* samplers,
+                              int64_t* tokens_out) {
+    for (int64_t r = 0; r < rows; r++)
+        tokens_out[r] = sample_row(logits + r * vocab, seen ? seen + r * vocab : nullptr, samplers[r], vocab);
+}
+
+// A decode step that returns tokens: the step's logits (for every row) sampled as native_sample does.
+extern "C" int native_decode_and_sample(const Model* m, int64_t rows, const int64_t* tokens, const int64_t* positions,
+                                        float* logits, uint8_t* seen, Sampling* samplers, int64_t* tokens_out,
+                                        int threads) {
+    const int status = native_decode_step(m, rows, tokens, positions, nullptr, 0, logits, threads);
+    if (status == 0) native_sample(rows, m->vocab, logits, seen, samplers, tokens_out);
+    return status;
 }
 
 // Which int8 kernel this build compiled, and its matmul alone: for tests and benches that hold
