@@ -19,6 +19,8 @@ Each figure is the best of --repeats runs after one warm-up, as tokens/s over th
     python -m bench.bench_decode                      # demo + reference, 1 and 2 threads
     python -m bench.bench_decode --models demo --threads 1 --new-tokens 200
     python -m bench.bench_decode --profile             # where a token's time goes (torch profiler)
+    python -m bench.bench_decode --native-arch=-march=x86-64-v3 --llama-bench build-avx2/bin/llama-bench
+                                                       # the AVX2 kernels of both, on an AVX512 machine
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import torch
 
 
 from src.data.tokenizer import load_tokenizer
-from src.device import cpu_name
+from src.device import cpu_summary
 from src.generation import Generator, SamplingParams
 from src.model import ModelConfig, WikiMiniModel
 from src.model.checkpoint import DEMO_CHECKPOINT, load_for_inference, save_checkpoint
@@ -121,10 +123,15 @@ def llama_cpp_rate(gguf: Path, threads: int, new_tokens: int, repeats: int, prom
     return best_rate(run, repeats)
 
 
+LLAMA_BUILD: dict[str, str] = {}  # what llama-bench reports of its build, for the table's header
+
+
 def llama_bench_rate(binary: str, gguf: Path, threads: int, new_tokens: int, repeats: int) -> float:
     out = subprocess.run([binary, "-m", str(gguf), "-p", "0", "-n", str(new_tokens), "-t", str(threads),
                           "-r", str(repeats), "-o", "json"], capture_output=True, text=True, check=True).stdout
-    return float(json.loads(out)[0]["avg_ts"])
+    result = json.loads(out)[0]
+    LLAMA_BUILD.update({key: str(result.get(key)) for key in ("build_commit", "backends", "cpu_info")})
+    return float(result["avg_ts"])
 
 
 def main() -> int:
@@ -137,7 +144,11 @@ def main() -> int:
     parser.add_argument("--skip-compile", action="store_true", help="leave out ours with --compile")
     parser.add_argument("--profile", action="store_true", help="profile our decoding on the demo model and exit")
     parser.add_argument("--llama-bench", default=shutil.which("llama-bench"), help="llama-bench binary")
+    parser.add_argument("--native-arch", help="target flags for our native step (WIKIMINI_NATIVE_ARCH), e.g. "
+                        "-march=x86-64-v3 for its AVX2 kernel; give llama-bench a build of the same features")
     args = parser.parse_args()
+    if args.native_arch:
+        os.environ["WIKIMINI_NATIVE_ARCH"] = args.native_arch
     if args.profile:
         for compiled in (False, True):
             profile_default_path(Path(args.checkpoint), args.threads[0], args.new_tokens, compiled)
@@ -175,8 +186,11 @@ def main() -> int:
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
 
-    print(f"\nBatch-1 greedy decoding, {args.new_tokens} new tokens, best of {args.repeats}; "
-          f"{cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}\n")
+    print(f"\nBatch-1 greedy decoding, {args.new_tokens} new tokens, best of {args.repeats}; torch {torch.__version__}"
+          f"\n{cpu_summary()}")
+    if LLAMA_BUILD:
+        print(f"llama-bench: {args.llama_bench} ({', '.join(f'{k} {v}' for k, v in LLAMA_BUILD.items())})")
+    print()
     for reason in filter(None, (llama_cpp_missing, llama_bench_missing)):
         print(f"skipped: {reason}")
     columns = [("ours", "ours tok/s"), ("ours_compiled", "ours --compile tok/s")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -79,3 +80,19 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+SIMD_FLAGS = ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "asimd", "asimddp")
+
+
+def cpu_summary() -> str:
+    """The CPU model, its vector flags that decode speed depends on, and the native step's kernel
+    (for benchmark headers: a figure means something only beside the instruction set it ran on)."""
+    from src.generation import native
+
+    flags = set(native.cpu_flags().split())
+    lib = native.library()
+    kernel = native.kernel(lib) if lib is not None else f"none ({native.unavailable()})"
+    arch = os.environ.get("WIKIMINI_NATIVE_ARCH")
+    return (f"{cpu_name()}, {os.cpu_count()} cores; flags: {' '.join(f for f in SIMD_FLAGS if f in flags) or 'none'};"
+            f" native int8 kernel: {kernel}" + (f" (WIKIMINI_NATIVE_ARCH={arch})" if arch else ""))

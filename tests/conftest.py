@@ -63,7 +63,7 @@ def before_each_forward(monkeypatch, model, hook) -> None:
         return real_forward(*args, **kwargs)
 
     monkeypatch.setattr(model, "forward", forward)
-    for name in ("__call__", "sample"):  # decode steps that run natively, without forward
+    for name in ("__call__", "decode"):  # decode steps that run natively, without forward
         def native_step(step, *args, real_step=getattr(NativeStep, name), **kwargs):
             if step.model is model:
                 hook()

@@ -120,7 +120,7 @@ def test_ragged_step_logits_match_hf_llama_full_recompute(tokenizer, native):
 
     if native:  # the step samples in the same call; its logits stay in the step's buffer
         step = batch._native
-        step.sample = spy(step.sample, lambda tokens: step._logits[:len(tokens)])
+        step.decode = spy(step.decode, lambda steps: step._logits[:len(steps[0])])
     else:
         model.forward = spy(model.forward, lambda out: out[:, -1])
     with torch.inference_mode():
@@ -441,3 +441,34 @@ def test_native_weights_are_packed_once_per_model_and_read_live_in_float32(token
         expected = model(torch.tensor([[8]]), kv_cache=cache, input_pos=torch.tensor([[3]]))[:, -1]
         native = batches[0]._native.prefill([5, 6, 7, 8], row=0)
     torch.testing.assert_close(native, expected[0], atol=1e-4, rtol=1e-4)
+
+
+def test_several_native_steps_per_call_equal_one_step_per_call(tokenizer):
+    """`step(k)` runs up to k steps in one native call: the same tokens and finish reasons as k
+    calls of one step, with a row ending on EOS mid-call, rows at their budgets and a context
+    slide (40 tokens, context 32)."""
+    native_or_skip()
+    torch.manual_seed(0)
+    model = WikiMiniModel(tiny_model_config(max_seq_len=32)).eval()
+    generator = Generator(model, tokenizer)
+    settings = [SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=40),
+                SamplingParams(temperature=1.0, top_k=20, top_p=0.9, max_new_tokens=23, stop_at_eos=False),
+                SamplingParams(temperature=0.8, max_new_tokens=40, stop_at_eos=False)]
+    probe = generator.new_request(generator.encode_prompt(PROMPTS[0]), settings[0].replace(stop_at_eos=False), 0)
+    eos_id = list(generator.decode(probe))[9]  # the greedy row's tenth token will end its story
+
+    def run(steps: int) -> list:
+        batch = DecodeBatch(model, eos_id, slots=3)
+        requests = [generator.new_request(generator.encode_prompt(p), params, seed=i)
+                    for i, (p, params) in enumerate(zip(PROMPTS, settings))]
+        batch.admit(requests)
+        calls = 0
+        while batch.requests:
+            batch.step(steps)
+            calls += 1
+        return [(r.generated, r.finish_reason) for r in requests], calls
+
+    (single, single_calls), (several, several_calls) = run(1), run(7)
+    assert several == single
+    assert [reason for _, reason in single] == ["eos", "length", "length"] and len(single[0][0]) < 9
+    assert several_calls < single_calls / 3

@@ -188,7 +188,9 @@ class DecodeBatch:
             self.seen[torch.arange(start, start + len(requests)), tokens] = True
         self.requests.extend(requests)
         self._rows_changed = True
-        return self._record(requests, tokens)
+        emitted = self._record(requests, tokens)
+        self._drop_finished()
+        return emitted
 
     def _by_window(self, requests: list[Request]) -> tuple[list[Request], list[tuple[int, ...]], list[int]]:
         """Identical windows (many stories start "Once upon a time") are computed once: one
@@ -258,8 +260,10 @@ class DecodeBatch:
                     self.lengths[row] = 0
 
     @torch.inference_mode()
-    def step(self) -> list[tuple[Request, int]]:
-        """Decode one token for every active request; return (request, token) pairs.
+    def step(self, steps: int = 1) -> list[tuple[Request, int]]:
+        """Decode one token for every active request, or up to `steps` tokens each where the
+        native step runs them in one call (it stops early once any row ends); return the
+        (request, token) pairs in order.
 
         Requests that finish (EOS, length) or were cancelled leave the batch afterwards; their
         `finish_reason` says why.
@@ -269,20 +273,28 @@ class DecodeBatch:
             return []
         self._slide_full_rows()
         n = len(self.requests)
+        requests = list(self.requests)
         if self._rows_changed:
             if self._sampler is not None:
-                self._sampler.bind(self.requests)
+                self._sampler.bind(requests)
             else:
-                self._settings = RowSettings.of([r.params for r in self.requests], self.device)
+                self._settings = RowSettings.of([r.params for r in requests], self.device)
             self._rows_changed = False
-        inputs, positions = [r.next_input for r in self.requests], self.lengths[:n]
-        if self._native is not None and self._sampler is not None:  # one call: the step and the draws
-            tokens = self._native.sample(inputs, positions, self._sampler, self.seen[:n])
+        inputs, positions = [r.next_input for r in requests], self.lengths[:n]
+        if self._native is not None and self._sampler is not None:  # one call: the steps and the draws
+            stops = [self.eos_id if r.params.stop_at_eos and self.eos_id is not None else -1 for r in requests]
+            budgets = [r.params.max_new_tokens - len(r.generated) for r in requests]
+            each_step = self._native.decode(inputs, positions, self._sampler, self.seen[:n], stops, budgets,
+                                            self.max_seq_len, steps)
         else:
-            tokens = self._sample(self._logits(inputs, positions))
-        for row in range(n):
-            self.lengths[row] += 1
-        return self._record(list(self.requests), tokens)
+            each_step = [self._sample(self._logits(inputs, positions))]
+        emitted = []
+        for tokens in each_step:
+            for row in range(n):
+                self.lengths[row] += 1
+            emitted += self._record(requests, tokens)
+        self._drop_finished()
+        return emitted
 
     def _logits(self, inputs: list[int], positions: list[int]) -> torch.Tensor:
         """Each row's next-token logits (n, V) from the native, compiled or eager step."""
@@ -356,9 +368,9 @@ class DecodeBatch:
         return self.model(ids, kv_cache=cache, input_pos=positions, key_span=cache.capacity)[:, -1]
 
     def _record(self, requests: list[Request], tokens: list[int]) -> list[tuple[Request, int]]:
-        """Note each row's new token (finish), drop finished rows, return the (request, token)
-        pairs of the generated tokens: an EOS that ends a story is not one of them, the
-        request's `finish_reason` says "eos" instead."""
+        """Note each row's new token (finish); return the (request, token) pairs of the generated
+        tokens: an EOS that ends a story is not one of them, the request's `finish_reason` says
+        "eos" instead. Finished rows stay until `_drop_finished`."""
         emitted = []
         for request, token in zip(requests, tokens):
             if token == self.eos_id and request.params.stop_at_eos:
@@ -369,7 +381,6 @@ class DecodeBatch:
             request.next_input = token
             if len(request.generated) >= request.params.max_new_tokens:
                 request.finish_reason = "length"
-        self._drop_finished()
         return emitted
 
     def clear(self) -> None:

@@ -171,9 +171,10 @@ def _load(arch: list[str]) -> ctypes.CDLL:
     lib.native_sample.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                   ctypes.POINTER(Sampling), int64s]
     lib.native_sample.restype = None
-    lib.native_decode_and_sample.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, int64s, int64s, ctypes.c_void_p,
-                                             ctypes.c_void_p, ctypes.POINTER(Sampling), int64s, ctypes.c_int]
-    lib.native_decode_and_sample.restype = ctypes.c_int
+    lib.native_decode_steps.argtypes = [ctypes.POINTER(Model), ctypes.c_int64, int64s, int64s, ctypes.c_void_p,
+                                        ctypes.c_void_p, ctypes.POINTER(Sampling), int64s, int64s, ctypes.c_int64,
+                                        ctypes.c_int64, int64s, ctypes.c_int]
+    lib.native_decode_steps.restype = ctypes.c_int64
     return lib
 
 
@@ -277,19 +278,24 @@ class NativeStep:
         the cache's capacity) of cache row i. The tensor is reused: valid until the next call."""
         return self._run(tokens, positions, None, 0)
 
-    def sample(self, tokens: list[int], positions: list[int], sampler: NativeSampler, seen: torch.Tensor) -> list[int]:
-        """The next token of every row, decoded and sampled in one call: rows as in `__call__`,
-        sampled by `sampler`'s rows, with `seen` (rows, V) bool as the penalty's memory (updated)."""
-        rows = len(tokens)
+    def decode(self, inputs: list[int], positions: list[int], sampler: NativeSampler, seen: torch.Tensor,
+               stop_tokens: list[int], budgets: list[int], max_position: int, steps: int) -> list[list[int]]:
+        """Up to `steps` steps of every row, sampled in the same call by `sampler`'s bound rows
+        with `seen` (rows, V) bool as the penalty's memory (updated): each step's tokens, one per
+        row. Stops after the step where a row drew its stop token (-1: none) or spent its budget,
+        and before a row's position would reach `max_position`."""
+        rows = len(inputs)
         if self._logits is None or self._logits.shape[0] < rows:
             self._logits = torch.empty(rows, self.vocab_size, dtype=torch.float32)
-        out = (ctypes.c_int64 * rows)()
-        status = self._lib.native_decode_and_sample(ctypes.byref(self._spec), rows, (ctypes.c_int64 * rows)(*tokens),
-                                                    (ctypes.c_int64 * rows)(*positions), self._logits.data_ptr(),
-                                                    seen.data_ptr(), sampler.rows, out, torch.get_num_threads())
-        if status != 0:
-            raise ValueError(f"native decode step: a token id or position is out of range ({tokens}, {positions})")
-        return list(out)
+        int64s = ctypes.c_int64 * rows
+        out = (ctypes.c_int64 * (rows * steps))()
+        taken = self._lib.native_decode_steps(
+            ctypes.byref(self._spec), rows, int64s(*inputs), int64s(*positions), self._logits.data_ptr(),
+            seen.data_ptr(), sampler.rows, int64s(*stop_tokens), int64s(*budgets), max_position, steps, out,
+            torch.get_num_threads())
+        if taken < 0:
+            raise ValueError(f"native decode step: a token id or position is out of range ({inputs}, {positions})")
+        return [out[s * rows:(s + 1) * rows] for s in range(taken)]
 
     def prefill(self, tokens: list[int], row: int) -> torch.Tensor:
         """Write a prompt's keys/values at positions 0.. of cache `row`, in one call (its tokens as

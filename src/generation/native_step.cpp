@@ -478,13 +478,31 @@ extern "C" void native_sample(int64_t rows, int64_t vocab, const float* logits, 
         tokens_out[r] = sample_row(logits + r * vocab, seen ? seen + r * vocab : nullptr, samplers[r], vocab);
 }
 
-// A decode step that returns tokens: the step's logits (for every row) sampled as native_sample does.
-extern "C" int native_decode_and_sample(const Model* m, int64_t rows, const int64_t* tokens, const int64_t* positions,
-                                        float* logits, uint8_t* seen, Sampling* samplers, int64_t* tokens_out,
-                                        int threads) {
-    const int status = native_decode_step(m, rows, tokens, positions, nullptr, 0, logits, threads);
-    if (status == 0) native_sample(rows, m->vocab, logits, seen, samplers, tokens_out);
-    return status;
+// Up to `steps` decode steps of every row, each row's drawn token fed back as its next input
+// (`inputs` and `positions` are updated): tokens_out[s * rows + r] is row r's token at step s.
+// It stops after a step in which some row drew its stop token (stop_tokens[r], -1 for none) or
+// used up its budget (budgets[r] tokens), and before a step that would write a position at or
+// past max_position: no row ever decodes past its end. Returns the steps taken, -1 for a token id
+// or position out of range.
+extern "C" int64_t native_decode_steps(const Model* m, int64_t rows, int64_t* inputs, int64_t* positions,
+                                       float* logits, uint8_t* seen, Sampling* samplers, const int64_t* stop_tokens,
+                                       const int64_t* budgets, int64_t max_position, int64_t steps,
+                                       int64_t* tokens_out, int threads) {
+    for (int64_t step = 0; step < steps; step++) {
+        for (int64_t r = 0; r < rows; r++)
+            if (positions[r] >= max_position) return step;
+        if (native_decode_step(m, rows, inputs, positions, nullptr, 0, logits, threads) != 0) return -1;
+        int64_t* drawn = tokens_out + step * rows;
+        native_sample(rows, m->vocab, logits, seen, samplers, drawn);
+        bool finished = false;
+        for (int64_t r = 0; r < rows; r++) {
+            inputs[r] = drawn[r];
+            positions[r] += 1;
+            finished = finished || drawn[r] == stop_tokens[r] || step + 1 >= budgets[r];
+        }
+        if (finished) return step + 1;
+    }
+    return steps;
 }
 
 // Which int8 kernel this build compiled, and its matmul alone: for tests and benches that hold
