@@ -293,12 +293,17 @@ void matmul(float* y, const float* x, const Matrix& w, int64_t rows, int threads
     const Act* xq = xq_buf.data();
     const float* xs = xscale_buf.data();
     const int64_t blocks = (out + 3) / 4;  // four output rows at a time
+    // Weights larger than the caches (the 24.5M reference model's) stream in far faster when each
+    // block asks for the one PREFETCH_BLOCKS ahead than with the hardware prefetcher alone.
+    constexpr int64_t PREFETCH_BLOCKS = 4;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t b = 0; b < blocks; b++) {
         const int64_t o0 = 4 * b, n_out = out - o0 < 4 ? out - o0 : 4;
         const int8_t* wb = w.q8 + o0 * in;
         int32_t offset[4] = {0, 0, 0, 0};  // the stored activations' offset times each row's sum
         for (int64_t k = 0; k < n_out; k++) offset[k] = ACTIVATION_OFFSET * w.row_sum[o0 + k];
+        if (b + PREFETCH_BLOCKS < blocks)  // a prefetch is a hint: past the end it does not fault
+            for (int64_t j = 0; j < 4 * in; j += 64) __builtin_prefetch(wb + PREFETCH_BLOCKS * 4 * in + j);
         for (int64_t r = 0; r < rows; r++) {
             int32_t dots[4] = {0, 0, 0, 0};
             if (n_out == 4)
