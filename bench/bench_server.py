@@ -35,6 +35,8 @@ from pathlib import Path
 
 import httpx
 
+from src.device import cpu_summary
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Once upon a time there was"
 PROMPT_NUMBERS = itertools.count()
@@ -221,7 +223,11 @@ def main() -> None:
     parser.add_argument("--engine", default="auto", help="the server's --engine (auto, process, thread)")
     parser.add_argument("--threads", type=int, help="decode threads for both servers (default: ours's default)")
     parser.add_argument("--llama-server", default=shutil.which("llama-server"), help="llama-server binary")
+    parser.add_argument("--native-arch", help="target flags for our native step (WIKIMINI_NATIVE_ARCH), e.g. "
+                        "-march=x86-64-v3 for its AVX2 kernel; give llama-server a build of the same features")
     args = parser.parse_args()
+    if args.native_arch:
+        os.environ["WIKIMINI_NATIVE_ARCH"] = args.native_arch  # our server inherits it
 
     api = "openai" if args.llama_server else "generate"
     port = free_port()
@@ -254,7 +260,8 @@ def main() -> None:
 
     print(f"\nServer: {health['checkpoint']} ({health['parameters']:,} params) on {health['device']}, "
           f"precision {health.get('precision', '?')}, decode engine {health.get('engine', '?')}, "
-          f"MAX_CONCURRENT {args.max_concurrent}, {args.max_tokens} max tokens per stream, {os.cpu_count()} CPU cores")
+          f"MAX_CONCURRENT {args.max_concurrent}, {args.max_tokens} max tokens per stream")
+    print(cpu_summary() + (f"; llama-server: {args.llama_server}" if args.llama_server else ""))
     print(f"prompts: {'one per stream' if args.distinct_prompts else 'shared'}; at least {args.rounds} bursts and "
           f"{args.min_streams} streams per level, TTFT percentiles over all of them; API {'/v1/completions' if api != 'generate' else '/generate'}\n")
     if skipped:

@@ -96,7 +96,8 @@ thread_local std::vector<float> x_buf, xb_buf, qkv_buf, att_buf, hidden_buf, sco
 using Act = std::conditional_t<ACTIVATION_OFFSET == 0, int8_t, uint8_t>;
 thread_local std::vector<Act> xq_buf;
 thread_local std::vector<float> xscale_buf;
-thread_local std::vector<std::pair<float, int32_t>> candidate_buf;  // sampling: (scaled logit, token)
+thread_local std::vector<float> sample_buf;  // sampling: one row's logits, then weights
+thread_local std::vector<std::pair<float, int32_t>> candidate_buf;  // sampling: (logit, token), filtered rows
 
 // exp(x) as Cephes' expf computes it: 2^k exp(r) with |r| <= ln2/2 and a degree-6 polynomial
 // (about 1 ulp), written so the compiler vectorizes the loops that call it.
@@ -341,38 +342,50 @@ inline double uniform(uint64_t& state) {
 // reach top_p; the first always stays), and one draw from the row's generator. The drawn token is
 // marked seen.
 int32_t sample_row(const float* logits, uint8_t* seen, Sampling& s, int64_t vocab) {
-    auto& cand = candidate_buf;
-    cand.resize(vocab);
-    const bool penalize = s.penalty != 1.0f && seen != nullptr;
-    for (int64_t i = 0; i < vocab; i++) {
-        float v = logits[i];
-        if (penalize && seen[i]) v = v > 0.0f ? v / s.penalty : v * s.penalty;
-        cand[i] = {v, int32_t(i)};
-    }
-    int64_t n = vocab;
-    int32_t token;
-    if (s.temperature <= 0.0f) {
-        token = 0;
+    std::vector<float>& v = sample_buf;  // the penalized logits, then (scaled) exp weights
+    v.assign(logits, logits + vocab);
+    if (s.penalty != 1.0f && seen != nullptr)
+        for (int64_t i = 0; i < vocab; i++)
+            if (seen[i]) v[i] = v[i] > 0.0f ? v[i] / s.penalty : v[i] * s.penalty;
+    int32_t token = 0;
+    if (s.temperature <= 0.0f) {  // greedy: the first of the largest
         for (int64_t i = 1; i < vocab; i++)
-            if (cand[i].first > cand[token].first) token = int32_t(i);
-    } else {
-        for (int64_t i = 0; i < n; i++) cand[i].first /= s.temperature;
+            if (v[i] > v[token]) token = int32_t(i);
+    } else if (s.top_k <= 0 && s.top_p >= 1.0f) {  // plain: every token, in vocabulary order
+        const float inv_t = 1.0f / s.temperature;
+        float top = -INFINITY;
+        for (int64_t i = 0; i < vocab; i++) top = std::max(top, v[i]);
+        float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+        for (int64_t i = 0; i < vocab; i++) total += (v[i] = exp_approx((v[i] - top) * inv_t));
+        const double target = uniform(s.rng) * total;
+        double cumulative = 0.0;
+        token = int32_t(vocab - 1);  // where rounding leaves the target past the last sum
+        for (int64_t i = 0; i < vocab; i++)
+            if (target < (cumulative += v[i])) {
+                token = int32_t(i);
+                break;
+            }
+    } else {  // top-k and/or top-p: candidates by logit, largest first
+        auto& cand = candidate_buf;
+        cand.resize(vocab);
+        for (int64_t i = 0; i < vocab; i++) cand[i] = {v[i], int32_t(i)};
         const auto larger = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
             return a.first > b.first || (a.first == b.first && a.second < b.second);
         };
-        const bool filter = s.top_k > 0 || s.top_p < 1.0f;
+        int64_t n = vocab;
         if (s.top_k > 0 && s.top_k < n) {  // the k largest, then every tie of the k-th
-            std::nth_element(cand.begin(), cand.begin() + (s.top_k - 1), cand.begin() + n, larger);
+            std::nth_element(cand.begin(), cand.begin() + (s.top_k - 1), cand.end(), larger);
             const float kth = cand[s.top_k - 1].first;
             int64_t kept = s.top_k;
             for (int64_t i = s.top_k; i < n; i++)
                 if (cand[i].first >= kth) std::swap(cand[kept++], cand[i]);
             n = kept;
         }
-        if (filter) std::sort(cand.begin(), cand.begin() + n, larger);
-        const float top = filter ? cand[0].first : std::max_element(cand.begin(), cand.begin() + n)->first;
+        std::sort(cand.begin(), cand.begin() + n, larger);
+        const float top = cand[0].first, inv_t = 1.0f / s.temperature;
         double total = 0.0;
-        for (int64_t i = 0; i < n; i++) total += (cand[i].first = std::exp(cand[i].first - top));
+        for (int64_t i = 0; i < n; i++) total += (cand[i].first = exp_approx((cand[i].first - top) * inv_t));
         if (s.top_p < 1.0f) {  // the nucleus, in the probabilities after top-k
             double before = 0.0;
             int64_t kept = 0;
@@ -382,14 +395,12 @@ int32_t sample_row(const float* logits, uint8_t* seen, Sampling& s, int64_t voca
         }
         const double target = uniform(s.rng) * total;
         double cumulative = 0.0;
-        token = cand[n - 1].second;  // where rounding leaves the target past the last sum
-        for (int64_t i = 0; i < n; i++) {
-            cumulative += cand[i].first;
-            if (target < cumulative) {
+        token = cand[n - 1].second;
+        for (int64_t i = 0; i < n; i++)
+            if (target < (cumulative += cand[i].first)) {
                 token = cand[i].second;
                 break;
             }
-        }
     }
     if (seen) seen[token] = 1;
     return token;

@@ -1,7 +1,7 @@
 """The server's decode loop: one DecodeBatch holds every active request and advances them together.
 
 `DecodeLoop` holds the state: requests are added under a key; `admit` prefills what fits and
-`step` decodes one token per row, each returning (key, item) events, where an item is a token
+`step` decodes a token per row (a few when the rows are few), each returning (key, item) events, where an item is a token
 id, `Finished(reason)` once the request has left the batch, or an exception if decoding failed.
 
 `run_decode_loop` drives it, the same whether it runs on a thread or in a process of its own
@@ -30,6 +30,9 @@ BURST_QUIET_S = 0.001  # after an admission, keep admitting while requests arriv
 BURST_WINDOW_S = 0.015  # ...for at most this long before the next decode step
 COMPILE_POLL_S = 0.5  # while idle and compiling, how often to look whether the compile is done
 PREFIX_CACHE_BYTES = 32 * 2**20  # recently prefilled prompts kept for reuse (see PrefixCache)
+# Row-tokens per decode call: a lone stream runs this many steps in one native call (one pipe
+# message), 8 or more streams one step, so a new request never waits long for its prefill.
+ROW_TOKENS_PER_CALL = 8
 
 
 class DecodeLoop:
@@ -74,8 +77,9 @@ class DecodeLoop:
         return self._guarded(lambda: self.batch.admit([request for _, request in joining]))
 
     def step(self) -> list[Event]:
-        """Decode one token for every row."""
-        return self._guarded(self.batch.step)
+        """Decode a token for every row: a few per row where the rows are few (ROW_TOKENS_PER_CALL)."""
+        steps = max(1, ROW_TOKENS_PER_CALL // max(1, len(self.batch.requests)))
+        return self._guarded(lambda: self.batch.step(steps))
 
     def _guarded(self, decode: Callable[[], list[tuple[Request, int]]]) -> list[Event]:
         try:
