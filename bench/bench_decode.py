@@ -73,8 +73,7 @@ def ours(checkpoint: Path, threads: int, new_tokens: int, repeats: int, compiled
     """(tokens/s, precision, seconds of the first story: the compile when `compiled`)."""
     torch.set_num_threads(threads)
     loaded = load_for_inference(checkpoint, announce=False)
-    generator = Generator.from_loaded(loaded, compile_decode=compiled)
-    generator.native = not compiled  # --compile: the PyTorch step, compiled (where native cannot run)
+    generator = Generator.from_loaded(loaded, decode="compiled" if compiled else "auto")  # compiled: where native cannot run
     params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=new_tokens, stop_at_eos=False)
     start = time.perf_counter()
     generator.generate(PROMPT, params)
@@ -87,8 +86,8 @@ def profile_default_path(checkpoint: Path, threads: int, new_tokens: int, compil
     from torch.profiler import ProfilerActivity, profile
 
     torch.set_num_threads(threads)
-    generator = Generator.from_loaded(load_for_inference(checkpoint, announce=False), compile_decode=compiled)
-    generator.native = not compiled
+    generator = Generator.from_loaded(load_for_inference(checkpoint, announce=False),
+                                      decode="compiled" if compiled else "auto")
     params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=new_tokens, stop_at_eos=False)
     generator.generate(PROMPT, params)  # warm-up (and compile)
     start = time.perf_counter()

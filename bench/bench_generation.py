@@ -25,7 +25,7 @@ import torch
 from src.data.tokenizer import train_bpe_tokenizer
 from src.device import cpu_name, inference_precision, resolve_device
 from src.generation import Generator, SamplingParams
-from src.generation.sampling import RowSettings, sample_tokens, seen_mask
+from src.generation.sampling import RowSettings, sample_tokens
 from src.model import ModelConfig, WikiMiniModel
 from src.model.hf_convert import to_hf_model
 from src.model.quantize import quantize_int8
@@ -50,7 +50,7 @@ def no_cache_loop(model, prompt_ids, params, n_new, seed, ttft):
     device = model.tok_embeddings.weight.device
     rows, rngs = RowSettings.of([params], device), [torch.Generator().manual_seed(seed)]
     ids = torch.tensor([prompt_ids], device=device)
-    seen = seen_mask(ids[:, 1:], model.config.vocab_size)
+    seen = torch.zeros(ids.size(0), model.config.vocab_size, dtype=torch.bool).scatter_(1, ids[:, 1:], True)
     start = time.perf_counter()
     for i in range(n_new):
         logits = model(ids[:, -model.config.max_seq_len:], last_logits_only=True)[:, -1]
@@ -114,7 +114,7 @@ def main() -> None:
 
     runs = [(precision, False) for precision in ours_precisions] + ([] if args.skip_compile else [(auto, True)])
     for precision, compiled in runs:
-        generator = Generator(build_model(config, precision, device), tokenizer, compile_decode=compiled)
+        generator = Generator(build_model(config, precision, device), tokenizer, decode="compile" if compiled else "auto")
         start = time.perf_counter()
         generator.generate(PROMPT, modes["greedy"].replace(max_new_tokens=8))  # warm-up (and compile)
         warm_up_s = time.perf_counter() - start

@@ -106,8 +106,8 @@ def test_ragged_step_logits_match_hf_llama_full_recompute(tokenizer, native):
     generator = Generator(model, tokenizer)
     params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, stop_at_eos=False)
     requests = [generator.new_request(generator.encode_prompt(p), params, seed=i) for i, p in enumerate(PROMPTS)]
-    batch = DecodeBatch(model, generator.eos_id, slots=3, native=native)
-    assert (batch._native is not None) == native
+    batch = DecodeBatch(model, generator.eos_id, slots=3, decode="auto" if native else "eager")
+    assert batch.compile_state == ("native" if native else "eager")
     batch.admit(requests)
     captured = {}
 
@@ -119,7 +119,7 @@ def test_ragged_step_logits_match_hf_llama_full_recompute(tokenizer, native):
         return call
 
     if native:  # the step samples in the same call; its logits stay in the step's buffer
-        step = batch._native
+        step = batch.decoder.native
         step.decode = spy(step.decode, lambda steps: step._logits[:len(steps[0])])
     else:
         model.forward = spy(model.forward, lambda out: out[:, -1])
@@ -206,7 +206,7 @@ def test_compiled_single_row_decode_equals_eager(tokenizer, params):
     the eager engine's tokens exactly in float32, through a context slide (40 tokens, context 32)."""
     torch.manual_seed(0)
     model = WikiMiniModel(tiny_model_config(max_seq_len=32)).eval()
-    eager, compiled = Generator(model, tokenizer, native=False), Generator(model, tokenizer, compile_decode=True, native=False)
+    eager, compiled = Generator(model, tokenizer, decode="eager"), Generator(model, tokenizer, decode="compiled")
     for seed, prompt in enumerate(PROMPTS[:2]):
         expected = eager.generate(prompt, params.replace(seed=seed)).token_ids
         assert compiled.generate(prompt, params.replace(seed=seed)).token_ids == expected
@@ -227,8 +227,8 @@ def test_compiled_batch_decode_equals_eager_as_rows_join_and_leave(tokenizer):
         SamplingParams(temperature=0.8, repetition_penalty=1.3, max_new_tokens=40, stop_at_eos=False),
     ]
     outcomes = []
-    for compile_decode in (False, True):
-        batch = DecodeBatch(model, generator.eos_id, slots=4, compile_decode=compile_decode, native=False)
+    for decode in ("eager", "compiled"):
+        batch = DecodeBatch(model, generator.eos_id, slots=4, decode=decode)
         compiling = batch.compile_in_background()
         requests = [generator.new_request(generator.encode_prompt(prompt), params, seed=i)
                     for i, (prompt, params) in enumerate(zip(PROMPTS, settings))]
@@ -285,7 +285,7 @@ def test_prefix_cache_full_of_entries_restores_one_while_storing_another(generat
     batch.admit(requests)
     while batch.requests:
         batch.step()
-    assert [r.generated for r in requests] == [list(generator.iter_token_ids(p, params, 0)) for p in (prompts[0], prompts[4])]
+    assert [r.generated for r in requests] == [list(generator.decode(generator.new_request(p, params, 0))) for p in (prompts[0], prompts[4])]
 
 
 def test_a_decode_step_that_cannot_compile_falls_back_to_eager_with_a_warning(generator, monkeypatch):
@@ -293,7 +293,7 @@ def test_a_decode_step_that_cannot_compile_falls_back_to_eager_with_a_warning(ge
         raise torch._dynamo.exc.BackendCompilerFailed(cannot_compile, RuntimeError("C++ compiler not found"), None)
 
     monkeypatch.setattr(torch, "compile", lambda function, **options: cannot_compile)
-    compiled = Generator(generator.model, generator.tokenizer, compile_decode=True, native=False)
+    compiled = Generator(generator.model, generator.tokenizer, decode="compiled")
     params = SamplingParams(temperature=0.8, max_new_tokens=12, stop_at_eos=False, seed=3)
     with pytest.warns(RuntimeWarning, match="decoding eagerly: BackendCompilerFailed: .*C\\+\\+ compiler not found"):
         fallback = compiled.generate(PROMPTS[0], params)
@@ -305,7 +305,7 @@ def test_a_compiled_step_that_fails_at_run_time_is_not_hidden(generator, monkeyp
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(torch, "compile", lambda function, **options: out_of_memory)
-    compiled = Generator(generator.model, generator.tokenizer, compile_decode=True, native=False)
+    compiled = Generator(generator.model, generator.tokenizer, decode="compiled")
     with pytest.raises(RuntimeError, match="out of memory"):
         compiled.generate(PROMPTS[0], SamplingParams(max_new_tokens=5, stop_at_eos=False, seed=0))
 
@@ -315,7 +315,7 @@ def test_eos_ends_a_story_without_being_emitted(generator):
     finish reason "eos", and the EOS is neither emitted nor generated (k = 0: at admission)."""
     params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=10, stop_at_eos=True)
     prompt = generator.encode_prompt(PROMPTS[1])
-    free = list(generator.iter_token_ids(prompt, params.replace(stop_at_eos=False), seed=0))
+    free = list(generator.decode(generator.new_request(prompt, params.replace(stop_at_eos=False), 0)))
     for k in (0, 3):
         eos = free[k]
         if eos in free[:k]:
@@ -343,7 +343,7 @@ def test_native_greedy_decode_equals_eager_in_float32(tokenizer, config):
     native_or_skip()
     torch.manual_seed(0)
     model = WikiMiniModel(tiny_model_config(max_seq_len=32, **config)).eval()
-    eager, fast = Generator(model, tokenizer, native=False), Generator(model, tokenizer)
+    eager, fast = Generator(model, tokenizer, decode="eager"), Generator(model, tokenizer)
     params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=40, stop_at_eos=False)
     for prompt in PROMPTS[:2]:
         assert fast.generate(prompt, params).token_ids == eager.generate(prompt, params).token_ids
@@ -356,7 +356,7 @@ def test_native_batch_decode_equals_eager_as_rows_join_and_leave(tokenizer):
     native_or_skip()
     torch.manual_seed(0)
     model = WikiMiniModel(tiny_model_config(max_seq_len=32)).eval()
-    eager, fast = Generator(model, tokenizer, native=False), Generator(model, tokenizer)
+    eager, fast = Generator(model, tokenizer, decode="eager"), Generator(model, tokenizer)
     settings = [
         SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=12, stop_at_eos=False),
         SamplingParams(temperature=1.0, top_k=20, top_p=0.9, max_new_tokens=20, stop_at_eos=False),
@@ -365,8 +365,8 @@ def test_native_batch_decode_equals_eager_as_rows_join_and_leave(tokenizer):
     ]
     outcomes = []
     for generator in (eager, fast):
-        batch = DecodeBatch(model, generator.eos_id, slots=4, native=generator.native)
-        assert batch.compile_state == ("native" if generator.native else "eager")
+        batch = DecodeBatch(model, generator.eos_id, slots=4, decode=generator.decode_step)
+        assert batch.compile_state == ("eager" if generator.decode_step == "eager" else "native")
         requests = [generator.new_request(generator.encode_prompt(prompt), params, seed=i)
                     for i, (prompt, params) in enumerate(zip(PROMPTS + ["A big dog"], settings))]
         batch.admit(requests[:2])
@@ -420,7 +420,7 @@ def test_without_a_working_compiler_decoding_is_eager_with_one_warning(generator
     params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=8, stop_at_eos=False)
     with pytest.warns(RuntimeWarning, match="native decode step is unavailable, decoding eagerly"):
         tokens = generator.generate(PROMPTS[0], params).token_ids
-    assert tokens == Generator(generator.model, generator.tokenizer, native=False).generate(PROMPTS[0], params).token_ids
+    assert tokens == Generator(generator.model, generator.tokenizer, decode="eager").generate(PROMPTS[0], params).token_ids
 
 
 def test_native_weights_are_packed_once_per_model_and_read_live_in_float32(tokenizer):
@@ -432,14 +432,14 @@ def test_native_weights_are_packed_once_per_model_and_read_live_in_float32(token
     torch.manual_seed(0)
     model = WikiMiniModel(tiny_model_config(max_seq_len=32)).eval()
     batches = [DecodeBatch(model, None, slots=1) for _ in range(2)]
-    assert batches[0]._native._keep[0] is batches[1]._native._keep[0] is packed_weights(model)
+    assert batches[0].decoder.native._keep[0] is batches[1].decoder.native._keep[0] is packed_weights(model)
     with torch.no_grad():
         model.layers[1].feed_forward.down_proj.weight.mul_(3.0)
     cache = model.new_kv_cache(dtype=torch.float32)
     with torch.inference_mode():
         model(torch.tensor([[5, 6, 7]]), kv_cache=cache, input_pos=torch.arange(3)[None])
         expected = model(torch.tensor([[8]]), kv_cache=cache, input_pos=torch.tensor([[3]]))[:, -1]
-        native = batches[0]._native.prefill([5, 6, 7, 8], row=0)
+        native = batches[0].decoder.native.prefill([5, 6, 7, 8], row=0)
     torch.testing.assert_close(native, expected[0], atol=1e-4, rtol=1e-4)
 
 

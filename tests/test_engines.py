@@ -25,7 +25,8 @@ ENDLESS = SamplingParams(temperature=1.0, max_new_tokens=100_000, stop_at_eos=Fa
 
 def started_engine(loaded, slots: int = 2, compile_decode: bool = False) -> ProcessEngine:
     """A decode process for `loaded`; call on the event loop that will read its tokens."""
-    engine = ProcessEngine(loaded.model, loaded.eos_id, slots=slots, threads=1, compile_decode=compile_decode)
+    engine = ProcessEngine(loaded.model, loaded.eos_id, slots=slots, threads=1,
+                           decode="compile" if compile_decode else "auto")
     engine.start()
     return engine
 
@@ -60,7 +61,7 @@ def test_process_engine_streams_equal_each_request_alone(loaded, compile_decode)
     streamed = asyncio.run(run())
     for (prompt, params, seed), items in zip(cases, streamed):
         assert items[-1] == Finished("length" if len(items) - 1 == params.max_new_tokens else "eos")
-        alone = list(generator.iter_token_ids(generator.encode_prompt(prompt), params, seed))
+        alone = list(generator.decode(generator.new_request(generator.encode_prompt(prompt), params, seed)))
         assert items[:-1] == alone
 
 

@@ -106,10 +106,10 @@ def test_compile_auto_only_for_runs_long_enough_to_repay_it(tiny_checkpoint, mon
     assert cli.wants_compile("on", 1) and not cli.wants_compile("off", 10**6)
     chosen = []
     monkeypatch.setattr(cli.Generator, "from_loaded", classmethod(
-        lambda cls, loaded, compile_decode=False: chosen.append(compile_decode) or cls(loaded.model, loaded.tokenizer)))
+        lambda cls, loaded, decode="auto": chosen.append(decode) or cls(loaded.model, loaded.tokenizer)))
     assert cli.main(["--checkpoint", str(tiny_checkpoint), "--max-tokens", "3", "--num-samples", "2"]) == 0
     assert cli.main(["--checkpoint", str(tiny_checkpoint), "--max-tokens", "3", "--compile", "off"]) == 0
-    assert chosen == [False, False]
+    assert chosen == ["auto", "auto"]
 
 
 def test_an_eager_story_never_imports_the_compiler(tiny_checkpoint):

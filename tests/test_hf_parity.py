@@ -93,7 +93,7 @@ def test_greedy_generation_matches_hf_generate(tokenizer):
     generator = Generator(ours, tokenizer)
     params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=40, stop_at_eos=False)
     prompt_ids = generator.story_prefix + generator.encode_prompt("Once upon a time there was")
-    our_tokens = list(generator.iter_token_ids(generator.encode_prompt("Once upon a time there was"), params, seed=0))
+    our_tokens = list(generator.decode(generator.new_request(generator.encode_prompt("Once upon a time there was"), params, 0)))
     with torch.no_grad():
         hf_out = theirs.generate(
             torch.tensor([prompt_ids]), max_new_tokens=40, do_sample=False, min_new_tokens=40,

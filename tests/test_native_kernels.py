@@ -103,7 +103,7 @@ def test_each_build_decodes_eager_tokens_in_float32_and_scalar_logits_in_int8(bu
     params = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_new_tokens=40, stop_at_eos=False)
     build(arch)
     fast = Generator(model, tokenizer).generate("Once upon a time", params).token_ids
-    assert fast == Generator(model, tokenizer, native=False).generate("Once upon a time", params).token_ids
+    assert fast == Generator(model, tokenizer, decode="eager").generate("Once upon a time", params).token_ids
 
     int8 = quantize_int8(copy.deepcopy(model), torch.float32)
     logits = {}

@@ -9,13 +9,16 @@ from src.generation.sampling import (
     apply_repetition_penalty,
     candidates,
     sample_tokens,
-    seen_mask,
 )
 from src.model import WikiMiniModel
 from tests.conftest import tiny_model_config
 
 logits_process = pytest.importorskip("transformers.generation.logits_process")
 
+
+def seen_mask(context_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(n, V) bool: which tokens occur in each row of context_ids (n, T), as DecodeBatch marks them."""
+    return torch.zeros(context_ids.size(0), vocab_size, dtype=torch.bool).scatter_(1, context_ids, True)
 
 
 def process_logits(logits: torch.Tensor, seen: torch.Tensor, params: SamplingParams) -> torch.Tensor:

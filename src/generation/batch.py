@@ -12,16 +12,14 @@ The CLI's single story is a batch of one, so there is one decoding loop for both
 from __future__ import annotations
 
 import collections
-import threading
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from src.generation.native import native_sampler, native_step, rng_state
+from src.generation.native import native_sampler, rng_state
 from src.generation.presets import SamplingParams
 from src.generation.sampling import RowSettings, draw, sample_tokens, sampling_distribution
+from src.generation.steps import CompiledDecode, NativeDecode, choose_step
 from src.model.kv_cache import KVCache
 from src.model.transformer_block import WikiMiniModel
 
@@ -31,16 +29,6 @@ def decode_cache_dtype(model: WikiMiniModel) -> torch.dtype:
     float32 than in bf16 at decode shapes, and the cache is small next to the weights."""
     weight = model.tok_embeddings.weight
     return torch.float32 if weight.device.type == "cpu" else weight.dtype
-
-
-def compile_errors() -> tuple[type[BaseException], ...]:
-    """What torch.compile raises when it cannot compile (dynamo, inductor and the C++ compiler's
-    failures all derive from TorchDynamoException), or when settings changed too often. Imported
-    here, not at the top: torch._dynamo takes most of a second to import, and eager decoding
-    (a one-story `generate.py`) never needs it."""
-    from torch._dynamo import exc
-
-    return exc.TorchDynamoException, exc.FailOnRecompileLimitHit
 
 
 @dataclass(eq=False)
@@ -110,7 +98,7 @@ class PrefixCache:
 
 class DecodeBatch:
     def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, prefix_cache_bytes: int = 0,
-                 compile_decode: bool = False, native: bool = True) -> None:
+                 decode: str = "auto") -> None:
         self.model = model
         self.eos_id = eos_id
         self.slots = slots
@@ -124,35 +112,15 @@ class DecodeBatch:
         self.requests: list[Request] = []  # row i decodes requests[i]
         self._rows_changed = True  # requests joined, left or moved since the sampler last saw them
         self._settings: RowSettings | None = None  # PyTorch sampling's per-row settings
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        self.decoder = choose_step(model, self.cache, decode)  # native, compiled or eager (src/generation/steps.py)
         # Sampling: in C++ on CPU (src/generation/native.py), else PyTorch's (sampling.py).
         self._sampler = native_sampler(self.device, slots)
-        self.prefix_cache = PrefixCache(prefix_cache_bytes)
-        # The decode step, first choice: the native step (src/generation/native.py), one call per
-        # token for every row (and one per prompt to prefill), on CPU with float32 or int8
-        # weights. Else the compiled or eager forward below.
-        self._native = native_step(model, self.cache) if native else None
-        # With compile_decode, a lone row's decode step runs the forward pass through
-        # torch.compile over fixed shapes: its position is a tensor and attention reads the
-        # cache's whole capacity, masked, so one graph serves every position. A few fused C++
-        # kernels replace hundreds of eager ops per token, and inductor's C++ wrapper keeps Python
-        # out of the step. Batches of rows stay eager: there the matmuls dominate, and the
-        # full-capacity attention measured slower than eager attention over the written span.
-        # Prefill and sampling stay eager too (sampling settings differ per request; compiling
-        # them in would mean a graph for each mix of settings).
-        self._compiled_forward = None  # what `step` calls for a lone row; None: eager
-        self.compile_state = "eager"  # "eager" (not asked for), "compiling" (in the background), "ready", "failed"
-        if self._native is not None:
-            self.compile_state = "native"
-        elif compile_decode:
-            # Inductor compiles in this process: its pool of compile worker processes, once
-            # started, slowed every later decode step on a 2-core machine.
-            # The setting is process-wide, and the pool starts at the first compile.
-            from torch._inductor import config as inductor_config
 
-            inductor_config.compile_threads = 1
-            self._compiled_forward = torch.compile(self._fixed_shape_forward, fullgraph=True, dynamic=False,
-                                                   options={"cpp_wrapper": True})
-            self.compile_state = "ready"  # compiles at its first call, or in the background (server)
+    @property
+    def compile_state(self) -> str:
+        """The decode step: "native", "eager", or a compiled one's "compiling", "ready", "failed"."""
+        return self.decoder.state
 
     @property
     def free_slots(self) -> int:
@@ -233,19 +201,7 @@ class DecodeBatch:
         """Write each window's keys/values into rows start, start+1, ...; optionally return the
         logits after each window's last token (n, V)."""
         lengths = [len(w) for w in windows]
-        if self._native is not None and all(lengths):  # each window in one native call
-            logits = [self._native.prefill(w, row).clone() for row, w in enumerate(windows, start)]
-            self.lengths[start:start + len(windows)] = lengths
-            return torch.stack(logits) if want_logits else None
-        longest = max(lengths)
-        # Right padding is harmless: a real position only attends to earlier positions, and
-        # the padded positions' keys are overwritten or masked before any query can see them.
-        padded = [w + [0] * (longest - len(w)) for w in windows]
-        ids = torch.tensor(padded, dtype=torch.long, device=self.device)
-        rows = self.cache.rows(start, start + len(windows))
-        positions = torch.arange(longest, device=self.device)[None, :]
-        last = torch.tensor([n - 1 for n in lengths], device=self.device)
-        logits = self.model(ids, kv_cache=rows, input_pos=positions, logit_positions=last)[:, -1] if longest else None
+        logits = self.decoder.prefill(windows, start) if all(lengths) else None
         self.lengths[start:start + len(windows)] = lengths
         return logits if want_logits else None
 
@@ -281,13 +237,13 @@ class DecodeBatch:
                 self._settings = RowSettings.of([r.params for r in requests], self.device)
             self._rows_changed = False
         inputs, positions = [r.next_input for r in requests], self.lengths[:n]
-        if self._native is not None and self._sampler is not None:  # one call: the steps and the draws
+        if isinstance(self.decoder, NativeDecode) and self._sampler is not None:  # one call: steps and draws
             stops = [self.eos_id if r.params.stop_at_eos and self.eos_id is not None else -1 for r in requests]
             budgets = [r.params.max_new_tokens - len(r.generated) for r in requests]
-            each_step = self._native.decode(inputs, positions, self._sampler, self.seen[:n], stops, budgets,
+            each_step = self.decoder.decode(inputs, positions, self._sampler, self.seen[:n], stops, budgets,
                                             self.max_seq_len, steps)
         else:
-            each_step = [self._sample(self._logits(inputs, positions))]
+            each_step = [self._sample(self.decoder.logits(inputs, positions))]
         emitted = []
         for tokens in each_step:
             for row in range(n):
@@ -295,15 +251,6 @@ class DecodeBatch:
             emitted += self._record(requests, tokens)
         self._drop_finished()
         return emitted
-
-    def _logits(self, inputs: list[int], positions: list[int]) -> torch.Tensor:
-        """Each row's next-token logits (n, V) from the native, compiled or eager step."""
-        if self._native is not None:
-            return self._native(inputs, positions)
-        ids = torch.tensor(inputs, dtype=torch.long, device=self.device)[:, None]
-        at = torch.tensor(positions, device=self.device)[:, None]
-        logits = self._compiled_logits(ids, at, self.cache) if len(inputs) == 1 and self._compiled_forward else None
-        return logits if logits is not None else self.model(ids, kv_cache=self.cache, input_pos=at)[:, -1]
 
     def _sample(self, logits: torch.Tensor) -> list[int]:
         """Each active row's next token from its logits; marks it seen (the repetition penalty)."""
@@ -315,57 +262,12 @@ class DecodeBatch:
         self.seen[torch.arange(n, device=self.device), tokens] = True
         return tokens.tolist()
 
-    def compile_in_background(self) -> threading.Thread | None:
-        """Decode eagerly at once, and switch to the compiled step when a thread has compiled it.
-
-        The thread warms the step up on a scratch cache of the same shapes (the live cache is
-        in use), so the graph it compiles is the one `step` then calls with the live cache.
-        `compile_state` says "ready" or "failed" when it is done. The switch is one attribute
-        assignment, seen by the next step."""
-        compiled, self._compiled_forward = self._compiled_forward, None  # eager until it is ready
-        if compiled is None:
-            return None
-        self.compile_state = "compiling"
-        thread = threading.Thread(target=self._compile_thread, args=(compiled,), name="compile-decode-step",
-                                  daemon=True)
-        thread.start()
-        return thread
-
-    def _compile_thread(self, compiled: Callable) -> None:
-        # made outside inference mode, like the live cache: a guard tells the two kinds apart
-        scratch = self.model.new_kv_cache(rows=self.slots, dtype=self.cache.keys[0].dtype)
-        with torch.inference_mode():
-            ids, positions = (torch.zeros(1, 1, dtype=torch.long, device=self.device) for _ in range(2))
-            try:
-                compiled(ids, positions, scratch)
-            except Exception as exc:  # noqa: BLE001 - whatever the cause, eager decoding goes on
-                self._warn_compile_failed(exc)
-                self.compile_state = "failed"
-            else:
-                self._compiled_forward, self.compile_state = compiled, "ready"
-
-    def _compiled_logits(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
-        """The compiled step's logits, or None (and eager from then on) if it cannot compile:
-        no C++ compiler, an op inductor does not support here, too many recompiles. Any other
-        error (out of memory, a device assert) is raised: eager decoding would not fix it."""
-        try:
-            return self._compiled_forward(ids, positions, cache)
-        except compile_errors() as exc:
-            self._warn_compile_failed(exc)
-            self._compiled_forward = None
-            self.compile_state = "failed"
-            return None
-
-    @staticmethod
-    def _warn_compile_failed(exc: BaseException) -> None:
-        reason = " ".join(str(exc).split())[:300]  # the cause is often on the message's second line
-        warnings.warn(f"the compiled decode step is unavailable, decoding eagerly: {type(exc).__name__}: {reason}",
-                      RuntimeWarning, stacklevel=3)
-
-    def _fixed_shape_forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Row 0's last-position logits at `positions` (1, 1), attending over the cache's whole
-        capacity: the shapes are the same at every position, so it compiles once."""
-        return self.model(ids, kv_cache=cache, input_pos=positions, key_span=cache.capacity)[:, -1]
+    def compile_in_background(self):
+        """Start compiling a compiled decode step on a thread (decoding stays eager until it is
+        ready); the thread, or None for another kind of step."""
+        if isinstance(self.decoder, CompiledDecode):
+            return self.decoder.compile_in_background(self.slots)
+        return None
 
     def _record(self, requests: list[Request], tokens: list[int]) -> list[tuple[Request, int]]:
         """Note each row's new token (finish); return the (request, token) pairs of the generated

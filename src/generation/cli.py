@@ -141,8 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ValueError as exc:  # a device or precision this machine does not have
         parser.error(str(exc))
-    compile_decode = wants_compile(args.compile, args.num_samples * args.max_tokens)
-    generator = Generator.from_loaded(loaded, compile_decode=compile_decode)
+    decode = "compile" if wants_compile(args.compile, args.num_samples * args.max_tokens) else "auto"
+    generator = Generator.from_loaded(loaded, decode=decode)
 
     if args.interactive:
         print(f"Model {loaded.name} ({loaded.model.num_parameters():,} params). Empty line or 'quit' to exit.")

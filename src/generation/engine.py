@@ -44,10 +44,9 @@ STEPS_PER_CALL = 16  # a lone story's tokens per native call: fewer trips throug
 
 class Generator:
     def __init__(self, model: WikiMiniModel, tokenizer: Tokenizer, eos_id: int | None = None,
-                 compile_decode: bool = False, story_prefix: list[int] | None = None, native: bool = True) -> None:
+                 decode: str = "auto", story_prefix: list[int] | None = None) -> None:
         self.model = model.eval()
-        self.compile_decode = compile_decode  # see DecodeBatch: a compiled single-row step
-        self.native = native  # see DecodeBatch: the native step where the model allows it
+        self.decode_step = decode  # which decode step (src/generation/steps.py): auto, compile or eager
         self.tokenizer = tokenizer
         self.eos_id = eos_id if eos_id is not None else tokenizer.token_to_id(EOS_TOKEN)
         # What a story starts after, as the checkpoint declares it (`LoadedModel.story_prefix`):
@@ -58,8 +57,8 @@ class Generator:
         self.story_prefix = list(story_prefix)
 
     @classmethod
-    def from_loaded(cls, loaded: LoadedModel, compile_decode: bool = False) -> Generator:
-        return cls(loaded.model, loaded.tokenizer, loaded.eos_id, compile_decode=compile_decode,
+    def from_loaded(cls, loaded: LoadedModel, decode: str = "auto") -> Generator:
+        return cls(loaded.model, loaded.tokenizer, loaded.eos_id, decode=decode,
                    story_prefix=loaded.story_prefix)
 
     def encode_prompt(self, prompt: str) -> list[int]:
@@ -82,7 +81,7 @@ class Generator:
         When the context fills up, the cache restarts from the most recent three quarters of
         the context, so output can run past `max_seq_len` without error.
         """
-        batch = DecodeBatch(self.model, self.eos_id, slots=1, compile_decode=self.compile_decode, native=self.native)
+        batch = DecodeBatch(self.model, self.eos_id, slots=1, decode=self.decode_step)
         emitted = batch.admit([request])
         while True:
             for _, token in emitted:
@@ -90,10 +89,6 @@ class Generator:
             if request.finish_reason is not None:
                 return
             emitted = batch.step(STEPS_PER_CALL)
-
-    def iter_token_ids(self, prompt_ids: list[int], params: SamplingParams, seed: int) -> Iterator[int]:
-        """The generated token ids of one story, without the EOS that ends it."""
-        return self.decode(self.new_request(prompt_ids, params, seed))
 
     def story_text(self, prompt: str, prompt_ids: list[int], seed: int, stops: list[str] | None = None) -> StoryText:
         return StoryText(self.tokenizer, prompt, len(prompt_ids), seed, stops)

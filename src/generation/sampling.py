@@ -135,9 +135,3 @@ def draw(distribution, rows: RowSettings, generators: Sequence[torch.Generator])
     if rows.any_greedy:
         return torch.where(rows.temperature.squeeze(-1) > 0, sampled, logits.argmax(dim=-1))
     return sampled
-
-
-def seen_mask(context_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """(n, V) bool: which tokens occur in each row of context_ids (n, T)."""
-    seen = torch.zeros(context_ids.size(0), vocab_size, dtype=torch.bool, device=context_ids.device)
-    return seen.scatter_(1, context_ids, True)

@@ -36,9 +36,8 @@ ROW_TOKENS_PER_CALL = 8
 
 
 class DecodeLoop:
-    def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, compile_decode: bool = False) -> None:
-        self.batch = DecodeBatch(model, eos_id, slots, prefix_cache_bytes=PREFIX_CACHE_BYTES,
-                                 compile_decode=compile_decode)
+    def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, decode: str = "auto") -> None:
+        self.batch = DecodeBatch(model, eos_id, slots, prefix_cache_bytes=PREFIX_CACHE_BYTES, decode=decode)
         self.pending: list[tuple[Hashable, Request]] = []
         self.keys: dict[Request, Hashable] = {}  # requests in the batch
         self.by_key: dict[Hashable, Request] = {}  # requests pending or in the batch

@@ -126,8 +126,8 @@ class ThreadEngine:
 
     name = "thread"
 
-    def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, compile_decode: bool = False) -> None:
-        self.loop = DecodeLoop(model, eos_id, slots, compile_decode)
+    def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, decode: str = "auto") -> None:
+        self.loop = DecodeLoop(model, eos_id, slots, decode)
         self.relay = ThreadToLoopRelay()
         self.failure: str | None = None
         self.restart_times: list[float] = []  # a thread is never restarted; here for /health's sake
@@ -228,14 +228,14 @@ class ProcessEngine:
     name = "process"
 
     def __init__(self, model: WikiMiniModel, eos_id: int | None, slots: int, threads: int | None = None,
-                 max_restarts: int = MAX_RESTARTS, compile_decode: bool = False,
+                 max_restarts: int = MAX_RESTARTS, decode: str = "auto",
                  step_timeout_s: float = STEP_TIMEOUT_S) -> None:
-        self._child_args = (model, eos_id, slots, threads, compile_decode)
+        self._child_args = (model, eos_id, slots, threads, decode)
         self.max_restarts = max_restarts
         self.step_timeout_s = step_timeout_s
         self.restart_times: list[float] = []  # when the decode process was restarted after dying
         self.ready = False  # the child has built its decode loop and reads requests
-        self.decode_step = "compiling" if compile_decode else "eager"
+        self.decode_step = "starting"  # the child reports its decode step once it is up
         self._process = None
         self._conn: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -388,7 +388,7 @@ class ProcessEngine:
 
 
 def run_decode_process(conn: Connection, model: WikiMiniModel, eos_id: int | None, slots: int,
-                       threads: int | None, compile_decode: bool = False) -> None:
+                       threads: int | None, decode: str = "auto") -> None:
     """The child's main: read submit/cancel messages from the pipe, send each admission's and
     each step's events back as one message."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which then closes us
@@ -396,7 +396,7 @@ def run_decode_process(conn: Connection, model: WikiMiniModel, eos_id: int | Non
         torch.set_num_threads(threads)
     # The model arrives in shared memory; decoding from a private copy is faster per step
     # step here (shared-memory pages are not backed by transparent huge pages).
-    loop = DecodeLoop(copy.deepcopy(model), eos_id, slots, compile_decode)
+    loop = DecodeLoop(copy.deepcopy(model), eos_id, slots, decode)
     del model
 
     def emit(events: list) -> None:

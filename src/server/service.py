@@ -53,8 +53,8 @@ def make_engine(loaded: LoadedModel, settings: ServerSettings) -> ProcessEngine 
     kind = settings.engine if settings.engine != "auto" else ("process" if process_ok else "thread")
     if kind == "process":
         return ProcessEngine(loaded.model, loaded.eos_id, settings.max_concurrent, settings.decode_threads(on_cpu),
-                             compile_decode=settings.compile_decode, step_timeout_s=settings.step_timeout_s)
-    return ThreadEngine(loaded.model, loaded.eos_id, settings.max_concurrent, settings.compile_decode)
+                             decode=settings.decode_step, step_timeout_s=settings.step_timeout_s)
+    return ThreadEngine(loaded.model, loaded.eos_id, settings.max_concurrent, settings.decode_step)
 
 
 class StoryService:

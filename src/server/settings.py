@@ -29,6 +29,12 @@ class ServerSettings:
     step_timeout_s: float = STEP_TIMEOUT_S  # a decode process silent this long with work is killed and restarted
     read_timeout_s: float = 30.0  # time a client has to send a whole request once it has begun
 
+    @property
+    def decode_step(self) -> str:
+        """The decode step to ask for (src/generation/steps.py): native where it runs, else
+        compiled when compile_decode is on, else eager."""
+        return "compile" if self.compile_decode else "auto"
+
     def decode_threads(self, on_cpu: bool = True) -> int | None:
         """CPU threads for the decode loop: `threads`, else all cores but the event loop's."""
         if not on_cpu:
