@@ -53,6 +53,10 @@ class Request:
         self.rng.manual_seed(self.seed)
         self.rng_state = rng_state(self.seed)
 
+    def __reduce__(self):
+        """Pickled (sent to a decode process) as what it asks for; it starts afresh there."""
+        return Request, (self.window_ids, self.penalty_ids, self.params, self.seed)
+
 
 class PrefixCache:
     """Keys, values and last logits of recently prefilled windows, least recently used evicted

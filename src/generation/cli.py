@@ -73,12 +73,7 @@ def require_utf8(text: str, what: str) -> str:
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
-    overrides = {
-        key: getattr(args, key)
-        for key in ("temperature", "top_k", "top_p", "repetition_penalty")
-        if getattr(args, key) is not None
-    }
-    return PRESETS[args.preset].replace(max_new_tokens=args.max_tokens, seed=args.seed, **overrides)
+    return PRESETS[args.preset].overridden_by(args, max_new_tokens=args.max_tokens, seed=args.seed)
 
 
 def sample_record(result: GenerationResult, final_text: str) -> dict:

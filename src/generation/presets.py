@@ -6,6 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 
 
+SAMPLING_KEYS = ("temperature", "top_k", "top_p", "repetition_penalty")  # what a preset sets
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick each next token. temperature 0 means greedy; top_k 0 and top_p 1 disable
@@ -36,6 +39,12 @@ class SamplingParams:
 
     def replace(self, **changes) -> SamplingParams:
         return dataclasses.replace(self, **changes)
+
+    def overridden_by(self, source: object, **changes) -> SamplingParams:
+        """These settings with each of SAMPLING_KEYS that `source` (parsed flags, a request body)
+        sets, not None, and `changes`."""
+        given = {key: getattr(source, key) for key in SAMPLING_KEYS if getattr(source, key) is not None}
+        return self.replace(**given, **changes)
 
 
 PRESETS: dict[str, SamplingParams] = {

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Protocol
 
 import torch
 import torch.multiprocessing
@@ -31,14 +32,37 @@ import torch.multiprocessing
 from src.generation.batch import Request
 from src.server.decode_loop import DecodeLoop, Finished, run_decode_loop
 from src.model.transformer_block import WikiMiniModel
+from src.server.settings import STEP_TIMEOUT_S
 
-ENGINE_CHOICES = ("auto", "process", "thread")
 MAX_RESTARTS = 3  # decode-process restarts within RESTART_WINDOW_S; the next death stops generation
 RESTART_WINDOW_S = 600.0
-STEP_TIMEOUT_S = 30.0  # a decode worker with work that sends nothing for this long is hung: killed, restarted
 START_TIMEOUT_S = 120.0  # ...and one that has not come up this long after it was started
 
 log = logging.getLogger("uvicorn.error")
+
+
+class Engine(Protocol):
+    """What the service asks of a decode engine; ThreadEngine and ProcessEngine are the two."""
+
+    name: str  # "thread" or "process", for /health
+    failure: str | None  # why generation is gone for good, or None
+    restart_times: list[float]  # when the decode worker was restarted after dying
+
+    @property
+    def ready(self) -> bool: ...  # the decode loop takes requests
+
+    @property
+    def decode_step(self) -> str: ...  # the decode step's state (src/generation/steps.py)
+
+    def start(self) -> None: ...
+
+    def submit(self, request: Request) -> asyncio.Queue: ...  # its tokens, then Finished or an error
+
+    def cancel(self, request: Request) -> None: ...
+
+    def end_streams(self, message: str) -> None: ...  # every open stream ends with EngineUnavailable
+
+    def close(self) -> None: ...
 
 
 class DecodeError(RuntimeError):
@@ -275,7 +299,7 @@ class ProcessEngine:
             self._last_progress = time.monotonic()  # the watchdog's clock starts with the work
         queue: asyncio.Queue = asyncio.Queue()
         key = self.streams.open(request, queue.put_nowait)
-        self._send(("submit", key, request.window_ids, request.penalty_ids, request.params, request.seed))
+        self._send(("submit", key, request))
         return queue
 
     def cancel(self, request: Request) -> None:
@@ -413,8 +437,7 @@ def run_decode_process(conn: Connection, model: WikiMiniModel, eos_id: int | Non
         while True:
             message = conn.recv()
             if message[0] == "submit":
-                _, key, window_ids, penalty_ids, params, seed = message
-                loop.add(key, Request(window_ids, penalty_ids, params, seed))
+                loop.add(*message[1:])
             elif message[0] == "cancel":
                 emit(loop.cancel(message[1]))
             else:

@@ -57,13 +57,7 @@ class GenerateRequest(BaseModel):
     preset: PresetName | None = None
 
     def sampling_params(self) -> SamplingParams:
-        base = PRESETS[self.preset or DEFAULT_PRESET]
-        overrides = {
-            name: getattr(self, name)
-            for name in ("temperature", "top_k", "top_p", "repetition_penalty")
-            if getattr(self, name) is not None
-        }
-        return base.replace(max_new_tokens=self.max_tokens, seed=self.seed, **overrides)
+        return PRESETS[self.preset or DEFAULT_PRESET].overridden_by(self, max_new_tokens=self.max_tokens, seed=self.seed)
 
 
 class StreamOptions(BaseModel):

@@ -18,13 +18,13 @@ import anyio
 
 from src.generation.batch import Request
 from src.generation.engine import Generator
-from src.generation.presets import PRESETS, SamplingParams
+from src.generation.presets import PRESETS, SAMPLING_KEYS, SamplingParams
 from src.generation.scoring import TokenScores, score_tokens
 from src.generation.text import GenerationResult
 from src.model.checkpoint import LoadedModel
 from src.server.completions import PromptTokens
 from src.server.decode_loop import Finished
-from src.server.engines import EngineUnavailable, ProcessEngine, ThreadEngine
+from src.server.engines import Engine, EngineUnavailable, ProcessEngine, ThreadEngine
 from src.server.limiter import ServerBusy, ShuttingDown, SlotLimiter, Ticket
 from src.server.metrics import ServerMetrics
 from src.server.settings import ServerSettings
@@ -45,7 +45,7 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, (EngineUnavailable, ShuttingDown))
 
 
-def make_engine(loaded: LoadedModel, settings: ServerSettings) -> ProcessEngine | ThreadEngine:
+def make_engine(loaded: LoadedModel, settings: ServerSettings) -> Engine:
     """The decode engine `settings.engine` asks for. "auto" is a separate process on CPU, except
     on Windows, whose default event loop cannot watch a pipe (`add_reader`)."""
     on_cpu = loaded.model.tok_embeddings.weight.device.type == "cpu"
@@ -202,7 +202,7 @@ class StoryService:
             "queued": limiter.waiting,
             "max_concurrent": limiter.max_active,
             "queue_wait": limiter.queue_wait_ms(),
-            "presets": {name: {k: getattr(p, k) for k in ("temperature", "top_k", "top_p", "repetition_penalty")}
+            "presets": {name: {k: getattr(p, k) for k in SAMPLING_KEYS}
                         for name, p in PRESETS.items()},
         }
         if engine.failure is not None:

@@ -7,8 +7,10 @@ import os
 from dataclasses import dataclass
 
 from src.device import DEVICE_CHOICES, PRECISION_CHOICES
-from src.server.engines import ENGINE_CHOICES, STEP_TIMEOUT_S
 from src.server.guards import default_allowed_hosts
+
+ENGINE_CHOICES = ("auto", "process", "thread")  # where the decode loop runs (src/server/engines.py)
+STEP_TIMEOUT_S = 30.0  # a decode worker with work that sends nothing for this long is hung: killed, restarted
 
 
 @dataclass(frozen=True)
