@@ -61,7 +61,13 @@ def test_samples_off_and_a_missing_wandb_is_a_clear_error(data, tmp_path, monkey
                                                               logging__wandb_project="stories")))
 
 
-def test_a_budgeted_run_stops_at_its_budget_with_the_rate_at_min_lr(data, tmp_path):
+def test_a_budgeted_run_stops_at_its_budget_with_the_rate_at_min_lr(data, tmp_path, monkeypatch):
+    """The budget is in seconds of the trainer's clock: here one that moves 1/8 s at each reading,
+    so every step counts 1/8 s of training and the run's length does not depend on the machine."""
+    from src.training import trainer
+
+    readings = iter(range(10**9))
+    monkeypatch.setattr(trainer, "clock", lambda: 0.125 * next(readings))
     out = tmp_path / "budget"
     budget_s = 3.0
     overrides = smoke_overrides(data, out, training__max_steps="null", training__max_minutes=budget_s / 60,
@@ -70,7 +76,7 @@ def test_a_budgeted_run_stops_at_its_budget_with_the_rate_at_min_lr(data, tmp_pa
     result = train(load_train_config(SMOKE_CONFIG, overrides))
     records = [r for r in read_metrics(out) if "train_loss" in r]
     last = records[-1]
-    assert result.stop_reason == "completed" and result.step == last["step"] > 5
+    assert result.stop_reason == "completed" and result.step == last["step"] == len(records) == budget_s * 8
     assert last["train_seconds"] >= budget_s  # stops on the first step past the budget
     assert records[-2]["train_seconds"] < budget_s
     # Each step's rate is the schedule at the share of the budget spent before that step (the
