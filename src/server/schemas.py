@@ -60,6 +60,13 @@ class GenerateRequest(BaseModel):
         return PRESETS[self.preset or DEFAULT_PRESET].overridden_by(self, max_new_tokens=self.max_tokens, seed=self.seed)
 
 
+def error_responses(model: type, *codes: int) -> dict:
+    """OpenAPI `responses` for the error codes an endpoint answers."""
+    reasons = {400: "invalid or unsupported request", 413: "request body too large",
+               422: "invalid request", 503: "busy or unavailable; retry after Retry-After seconds"}
+    return {code: {"model": model, "description": reasons[code]} for code in codes}
+
+
 class StreamOptions(BaseModel):
     model_config = STRICT
 

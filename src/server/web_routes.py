@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from contextlib import aclosing
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -12,31 +10,14 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
-from src.generation.text import GenerationResult
 from src.server.guards import SafeJSONResponse
-from src.server.schemas import ErrorResponse, GenerateRequest
+from src.server.schemas import ErrorResponse, GenerateRequest, error_responses
 from src.server.service import StoryService
+from src.server.sse import SSE_CONTENT, story_stream
 
 STATIC = Path(__file__).with_name("static")
 PAGE = STATIC / "index.html"
 RETRY_AFTER_S = "2"
-SHUTDOWN_GRACE_S = 5.0  # on SIGTERM, open streams get this long to send their error event and [DONE]
-SSE_EVENT = {"type": "object", "description": "one server-sent event; `data` is JSON, or [DONE] last",
-             "properties": {"data": {"type": "string"}, "event": {"type": "string"}}, "required": ["data"]}
-SSE_CONTENT = {"text/event-stream": {"schema": SSE_EVENT}}
-
-
-def error_responses(model: type, *codes: int) -> dict:
-    """OpenAPI `responses` for the error codes an endpoint answers."""
-    reasons = {400: "invalid or unsupported request", 413: "request body too large",
-               422: "invalid request", 503: "busy or unavailable; retry after Retry-After seconds"}
-    return {code: {"model": model, "description": reasons[code]} for code in codes}
-
-
-def event_stream(service: StoryService, events) -> EventSourceResponse:
-    """An SSE response that pings idle clients and, on shutdown, lets `events` end properly."""
-    return EventSourceResponse(events, ping=15, shutdown_event=service.shutdown,
-                               shutdown_grace_period=SHUTDOWN_GRACE_S)
 
 
 def web_router(service: StoryService) -> APIRouter:
@@ -76,25 +57,11 @@ def web_router(service: StoryService) -> APIRouter:
         """Stream a story as server-sent events: `{"token"}` deltas, one `{"done"}`, then `[DONE]`."""
         prompt = service.text_prompt(body.prompt, openai=False)
         params = body.sampling_params()
-        ticket = service.admit(openai=False)
-
-        async def events():
-            try:
-                async with aclosing(service.generate(prompt, params, ticket)) as items:
-                    async for item in items:
-                        if isinstance(item, GenerationResult):
-                            yield {"data": json.dumps({
-                                "done": True, "finish_reason": item.finish_reason, "tokens": item.tokens,
-                                "tokens_per_s": round(item.tokens_per_s, 2), "seed": item.seed,
-                            })}
-                        else:
-                            yield {"data": json.dumps({"token": item}, ensure_ascii=False)}
-            except Exception as exc:  # noqa: BLE001 - reported to the client, then the stream ends cleanly
-                yield {"data": json.dumps({"error": f"{type(exc).__name__}: {exc}"})}
-            finally:
-                ticket.release()
-            yield {"data": "[DONE]"}
-
-        return event_stream(service, events())
+        return story_stream(
+            service, prompt, params, service.admit(openai=False),
+            delta=lambda text: {"token": text},
+            done=lambda result: {"done": True, "finish_reason": result.finish_reason, "tokens": result.tokens,
+                                 "tokens_per_s": round(result.tokens_per_s, 2), "seed": result.seed},
+            error=lambda exc: {"error": f"{type(exc).__name__}: {exc}"})
 
     return router
