@@ -146,6 +146,8 @@ def main() -> int:
     parser.add_argument("--native-arch", help="target flags for our native step (WIKIMINI_NATIVE_ARCH), e.g. "
                         "-march=x86-64-v3 for its AVX2 kernel; give llama-bench a build of the same features")
     args = parser.parse_args()
+    if args.llama_bench and not (os.path.isfile(args.llama_bench) and os.access(args.llama_bench, os.X_OK)):
+        parser.error(f"--llama-bench: {args.llama_bench} is not an executable file")
     if args.native_arch:
         os.environ["WIKIMINI_NATIVE_ARCH"] = args.native_arch
     if args.profile:

@@ -226,6 +226,8 @@ def main() -> None:
     parser.add_argument("--native-arch", help="target flags for our native step (WIKIMINI_NATIVE_ARCH), e.g. "
                         "-march=x86-64-v3 for its AVX2 kernel; give llama-server a build of the same features")
     args = parser.parse_args()
+    if args.llama_server and not (os.path.isfile(args.llama_server) and os.access(args.llama_server, os.X_OK)):
+        parser.error(f"--llama-server: {args.llama_server} is not an executable file")
     if args.native_arch:
         os.environ["WIKIMINI_NATIVE_ARCH"] = args.native_arch  # our server inherits it
 
