@@ -104,11 +104,9 @@ class Generator:
             request = self.new_request(prompt_ids, params, seed)
             try:
                 for token in self.decode(request):
-                    delta = text.push(token)
-                    if delta:
+                    if delta := text.extend([token]):
                         yield delta
-                tail = text.finish(request.finish_reason)
-                if tail:
+                if tail := text.extend([], request.finish_reason):
                     yield tail
             finally:
                 text.finish("cancelled")  # a no-op once finished

@@ -72,6 +72,12 @@ class StoryText:
         self.text += piece
         return self._release(final=False)
 
+    def extend(self, tokens: list[int], finish_reason: str | None = None) -> str:
+        """Add tokens that arrived together, and the reason the story ended once it has: the text
+        now safe to show. The CLI and the server both feed a story through here."""
+        delta = "".join(self.push(token) for token in tokens)
+        return delta + self.finish(finish_reason) if finish_reason is not None else delta
+
     def finish(self, reason: str) -> str:
         """The story ended ("eos", "length", "cancelled"): return what was held back."""
         if reason not in FINISH_REASONS:

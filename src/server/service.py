@@ -140,17 +140,12 @@ class StoryService:
                     items = [await tokens.get()]
                     while not tokens.empty():
                         items.append(tokens.get_nowait())
-                    delta = ""
-                    for item in items:
-                        if isinstance(item, Finished):
-                            delta += text.finish(item.reason)
-                        elif isinstance(item, BaseException):
-                            raise item
-                        else:
-                            delta += text.push(item)
-                        if text.finish_reason is not None:
-                            break
-                    self._count_tokens(sum(isinstance(item, int) for item in items), last)
+                    if isinstance(items[-1], BaseException):  # an error is a stream's last item
+                        raise items[-1]
+                    ids = [item for item in items if isinstance(item, int)]
+                    finished = items[-1].reason if isinstance(items[-1], Finished) else None
+                    delta = text.extend(ids, finished)
+                    self._count_tokens(len(ids), last)
                     last = time.perf_counter()
                     if delta:
                         yield delta
