@@ -1,4 +1,5 @@
-"""Which checkpoint files a run keeps in its output_dir.
+"""Which checkpoint files a run keeps in its output_dir, and the CheckpointManager that writes and
+restores them.
 
     checkpoint_latest.pth           every save_interval steps, at the end, on Ctrl-C/SIGTERM;
                                     carries the full training_state for `--resume`
@@ -7,6 +8,11 @@
 
 All writes are atomic (src/model/checkpoint.py). Best files are tracked by name in the
 training state, so only files this run wrote are ever deleted.
+
+Exact resume: each component of a run (its counters, the optimizer, the GradScaler, the data
+position, early stopping, the best files) owns `state_dict`/`load_state_dict`; the manager saves
+them all beside the model's weights and every rank's own state (RNG streams, loss accumulator),
+and restores them in place.
 """
 
 from __future__ import annotations
@@ -14,11 +20,39 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from src.model.checkpoint import best_name
+from src.config_utils import ConfigError
+from src.data.tokenizer import tokenizer_sha256
+from src.model.checkpoint import CheckpointError, best_name, load_checkpoint, save_checkpoint
+from src.training.distributed import DistInfo, gather_objects
 
 LATEST_NAME = "checkpoint_latest.pth"
+TRAINING_STATE_FORMAT = 2  # 2: one entry per resumable component
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
+    """The checkpoint to resume from. A fresh run never silently overwrites an earlier one."""
+    latest = output_dir / LATEST_NAME
+    if resume is None:
+        if latest.exists():
+            raise ConfigError(
+                f"{latest} already exists: pass --resume auto to continue that run, or choose another "
+                "training.output_dir (or delete it) to start a new one"
+            )
+        return None
+    if resume == "auto":
+        return latest if latest.exists() else None
+    path = Path(resume)
+    if not path.exists():
+        raise CheckpointError(f"--resume: checkpoint not found: {path}")
+    return path
 
 
 class BestCheckpoints:
@@ -80,3 +114,67 @@ class EarlyStopping:
         self.best_loss = float(state["best_loss"])
         self.evals_without_improvement = int(state["evals_without_improvement"])
         self.last_eval = dict(state["last_eval"])
+
+
+class CheckpointManager:
+    """Writes checkpoint_latest (weights + every component's state) and the best files, and
+    restores a run from a latest checkpoint.
+
+    `states` are the run-wide components by name (saved by rank 0); `rank_state` is what
+    differs between ranks (every rank's is gathered into the file).
+    """
+
+    def __init__(self, output_dir: Path, model, tokenizer, config, info: DistInfo,
+                 states: dict[str, Stateful], rank_state: Stateful, keep_best: int) -> None:
+        self.output_dir, self.model, self.tokenizer, self.config, self.info = output_dir, model, tokenizer, config, info
+        self.best = BestCheckpoints(output_dir, keep_best)
+        self.states = {**states, "best_checkpoints": self.best}
+        self.rank_state = rank_state
+
+    def save_latest(self, metrics: dict[str, Any]) -> None:
+        """Every rank contributes its own state; rank 0 writes the file."""
+        per_rank = gather_objects(self.rank_state.state_dict(), self.info)
+        if self.info.is_main:
+            state = {name: component.state_dict() for name, component in self.states.items()}
+            state.update(format=TRAINING_STATE_FORMAT, ranks=per_rank)
+            save_checkpoint(self.output_dir / LATEST_NAME, self.model, self.tokenizer,
+                            config=self.config.to_dict(), metrics=metrics, training_state=state)
+
+    def save_best(self, ppl: float, metrics: dict[str, Any]) -> Path | None:
+        """A best file for a validation perplexity among the best `keep_best` (None otherwise)."""
+        if not (math.isfinite(ppl) and self.best.qualifies(ppl)):
+            return None
+        return self.best.add(ppl, lambda path: save_checkpoint(path, self.model, self.tokenizer,
+                                                               config=self.config.to_dict(), metrics=metrics))
+
+    def restore(self, path: Path, warn: Callable[[str], None]) -> None:
+        """Load the weights and every component's state from `path`, after checking that the
+        checkpoint belongs to this run's model and tokenizer."""
+        checkpoint = load_checkpoint(path)
+        state = checkpoint.get("training_state")
+        if not state:
+            raise CheckpointError(f"{path} holds no training state (best checkpoints carry weights only); "
+                                  f"resume from {LATEST_NAME}")
+        if state.get("format") != TRAINING_STATE_FORMAT:
+            raise CheckpointError(f"{path} holds training state in an older layout; start a new run from its "
+                                  "weights with --init-from")
+        saved, ours = checkpoint["config"], self.config.to_dict()
+        changed = sorted(k for k in set(saved["model"]) | set(ours["model"]) if saved["model"].get(k) != ours["model"].get(k))
+        if changed:
+            raise ConfigError(f"cannot resume {path}: model config differs in {', '.join('model.' + k for k in changed)}")
+        if checkpoint.get("tokenizer_sha256") != tokenizer_sha256(self.tokenizer):
+            raise ConfigError(f"cannot resume {path}: it was trained with a different tokenizer than {self.config.data.tokenizer}")
+        others = [f"{s}.{k}" for s in ours if s != "model" for k in ours[s] if saved.get(s, {}).get(k, ours[s][k]) != ours[s][k]]
+        if others:
+            warn(f"resuming with changed settings: {', '.join(others)}")
+        self.model.load_state_dict(checkpoint["model_state_dict"])
+        for name, component in self.states.items():
+            try:
+                component.load_state_dict(state[name])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"cannot resume {path}: the saved {name} state does not fit ({exc})") from None
+        ranks = state["ranks"]
+        if len(ranks) != self.info.world_size:
+            warn(f"checkpoint was written by {len(ranks)} process(es), resuming with "
+                 f"{self.info.world_size}: random streams will differ from an uninterrupted run")
+        self.rank_state.load_state_dict(ranks[self.info.rank % len(ranks)])

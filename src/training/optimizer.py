@@ -50,7 +50,7 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
 class OptimizerChain:
     """Several optimizers stepped as one: what the trainer, GradScaler and checkpoints see.
 
-    `param_groups` lists every child's groups (each with its "lr_ratio" to the scheduled rate),
+    `param_groups` lists every child's groups (each with its LR_RATIO to the scheduled rate),
     and `state_dict()` holds one entry per child, so resuming restores each exactly.
     """
 
@@ -114,6 +114,15 @@ def _use_fp32_newton_schulz(device: torch.device) -> bool:
     return True
 
 
+LR_RATIO = "lr_ratio"  # on every param group: its rate over the scheduled one (Muon's: muon_lr / lr)
+
+
+def set_learning_rate(optimizer, lr: float) -> None:
+    """Apply the schedule's rate `lr`: each param group runs at `lr` times its LR_RATIO."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group[LR_RATIO]
+
+
 def build_optimizer(model: nn.Module, config: OptimizerConfig, device: torch.device):
     """AdamW (fused on CUDA unless config.fused says otherwise), or Muon + AdamW."""
     fused = config.fused if config.fused is not None else device.type == "cuda"
@@ -123,7 +132,7 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig, device: torch.dev
             eps=config.eps, fused=fused or None,
         )
         for group in optimizer.param_groups:
-            group["lr_ratio"] = 1.0
+            group[LR_RATIO] = 1.0
         return optimizer
     hidden = hidden_matrices(model)
     hidden_ids = {id(p) for p in hidden}
@@ -133,12 +142,12 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig, device: torch.dev
     muon = torch.optim.Muon(hidden, lr=muon_lr, weight_decay=config.weight_decay,
                             momentum=config.muon_momentum, adjust_lr_fn="match_rms_adamw")
     for group in muon.param_groups:
-        group["lr_ratio"] = muon_lr / config.lr
+        group[LR_RATIO] = muon_lr / config.lr
     adamw = torch.optim.AdamW(
         [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": config.weight_decay},
          {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
         lr=config.lr, betas=tuple(config.betas), eps=config.eps, fused=fused or None,
     )
     for group in adamw.param_groups:
-        group["lr_ratio"] = 1.0
+        group[LR_RATIO] = 1.0
     return OptimizerChain([muon, adamw])
