@@ -44,8 +44,8 @@ class ServerSettings:
         return self.threads or max(1, (os.cpu_count() or 2) - 1)
 
 
-def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> ServerSettings:
-    env = dict(os.environ if env is None else env)
+def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
+    """run_ui.py's flags; each falls back to its environment variable (read from `env`)."""
     parser = argparse.ArgumentParser(
         prog="run_ui.py",
         description="Serve the story generator: web UI at /, SSE API at POST /generate, "
@@ -82,67 +82,73 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
     parser.add_argument("--read-timeout", type=float, default=None, metavar="SECONDS",
                         help="env READ_TIMEOUT (default 30): time a client has to send a whole request (408 after)")
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
-    args = parser.parse_args(argv)
+    return parser
 
-    def integer(flag_value, env_name, default):
+
+class _Reader:
+    """Typed values from a flag, else its environment variable, else a default; a bad one is a usage error."""
+
+    def __init__(self, parser: argparse.ArgumentParser, env: dict[str, str]) -> None:
+        self.parser, self.env = parser, env
+
+    def integer(self, flag_value: int | None, env_name: str, default: int | None) -> int | None:
         if flag_value is not None:
             return flag_value
-        raw = env.get(env_name)
+        raw = self.env.get(env_name)
         if raw is None or raw == "":
             return default
         try:
             return int(raw)
         except ValueError:
-            parser.error(f"{env_name} must be an integer, got {raw!r}")
+            self.parser.error(f"{env_name} must be an integer, got {raw!r}")
 
-    port = integer(args.port, "PORT", 7779)
-    max_concurrent = integer(args.max_concurrent, "MAX_CONCURRENT", 32)
-    max_queue = integer(args.max_queue, "MAX_QUEUE", 32)
+    def seconds(self, flag_value: float | None, env_name: str, default: float) -> float:
+        raw = flag_value if flag_value is not None else self.env.get(env_name) or default
+        try:
+            value = float(raw)
+        except ValueError:
+            self.parser.error(f"{env_name} must be a number of seconds, got {raw!r}")
+        if not 0 < value < 86400:
+            self.parser.error(f"{env_name.lower().replace('_', ' ')} must be between 0 and 86400 seconds, got {raw}")
+        return value
+
+    def switch(self, flag_value: bool | None, env_name: str, default: str) -> bool:
+        if flag_value is not None:
+            return flag_value
+        raw = self.env.get(env_name, default).strip().lower()
+        if raw not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            self.parser.error(f"{env_name} must be 1 or 0, got {raw!r}")
+        return raw in ("1", "true", "yes", "on")
+
+
+def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = None) -> ServerSettings:
+    env = dict(os.environ if env is None else env)
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    read = _Reader(parser, env)
+    port = read.integer(args.port, "PORT", 7779)
+    max_concurrent = read.integer(args.max_concurrent, "MAX_CONCURRENT", 32)
+    max_queue = read.integer(args.max_queue, "MAX_QUEUE", 32)
     if not 0 < port < 65536:
         parser.error(f"port must be 1-65535, got {port}")
     for name, value, choices in (("DEVICE", args.device, DEVICE_CHOICES), ("PRECISION", args.precision, PRECISION_CHOICES),
                                   ("ENGINE", args.engine, ENGINE_CHOICES)):
         if value not in choices:  # argparse checks choices on flags only, not on env defaults
             parser.error(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    compile_decode = args.compile
-    if compile_decode is None:
-        raw = env.get("COMPILE", "1").strip().lower()
-        if raw not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-            parser.error(f"COMPILE must be 1 or 0, got {raw!r}")
-        compile_decode = raw in ("1", "true", "yes", "on")
-    def seconds(flag_value, env_name, default):
-        raw = flag_value if flag_value is not None else env.get(env_name) or default
-        try:
-            value = float(raw)
-        except ValueError:
-            parser.error(f"{env_name} must be a number of seconds, got {raw!r}")
-        if not 0 < value < 86400:
-            parser.error(f"{env_name.lower().replace('_', ' ')} must be between 0 and 86400 seconds, got {raw}")
-        return value
-
-    step_timeout = seconds(args.step_timeout, "STEP_TIMEOUT", STEP_TIMEOUT_S)
-    read_timeout = seconds(args.read_timeout, "READ_TIMEOUT", 30.0)
+    compile_decode = read.switch(args.compile, "COMPILE", "1")
+    step_timeout = read.seconds(args.step_timeout, "STEP_TIMEOUT", STEP_TIMEOUT_S)
+    read_timeout = read.seconds(args.read_timeout, "READ_TIMEOUT", 30.0)
     hosts = args.allowed_hosts or [h for h in env.get("ALLOWED_HOSTS", "").split(",") if h.strip()]
     allowed_hosts = tuple(h.strip() for h in hosts) or default_allowed_hosts(args.host)
-    threads = integer(args.threads, "THREADS", None)
+    threads = read.integer(args.threads, "THREADS", None)
     if threads is not None and threads < 1:
         parser.error(f"threads must be >= 1, got {threads}")
     if max_concurrent < 1 or max_queue < 0:
         parser.error("max concurrent must be >= 1 and max queue >= 0")
     return ServerSettings(
-        checkpoint=args.checkpoint or None,
-        tokenizer=args.tokenizer or None,
-        device=args.device,
-        precision=args.precision,
-        host=args.host,
-        port=port,
-        max_concurrent=max_concurrent,
-        max_queue=max_queue,
-        threads=threads,
-        engine=args.engine,
-        compile_decode=compile_decode,
-        allowed_hosts=allowed_hosts,
-        step_timeout_s=step_timeout,
-        read_timeout_s=read_timeout,
+        checkpoint=args.checkpoint or None, tokenizer=args.tokenizer or None, device=args.device,
+        precision=args.precision, host=args.host, port=port, max_concurrent=max_concurrent,
+        max_queue=max_queue, threads=threads, engine=args.engine, compile_decode=compile_decode,
+        allowed_hosts=allowed_hosts, step_timeout_s=step_timeout, read_timeout_s=read_timeout,
         access_log=args.access_log,
     )
