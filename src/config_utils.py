@@ -27,9 +27,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        non_none = [a for a in args if a is not type(None)]
         errors = []
-        for option in non_none:
+        for option in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, option, where)
             except ConfigError as exc:
@@ -40,57 +39,63 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             value = [v.strip() for v in value.strip("[]()").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        item_type = args[0] if args else Any
-        items = [_coerce(v, item_type, where) for v in value]
+        items = [_coerce(v, args[0] if args else Any, where) for v in value]
         return tuple(items) if origin is tuple else items
-    if annotation is Any:
+    scalar = _SCALARS.get(annotation)
+    return scalar(value, where) if scalar is not None else value
+
+
+def _as_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
         return value
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-            return False
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                as_float = float(value)
-            except ValueError:
-                as_float = None
-            if as_float is not None and as_float.is_integer():
-                return int(as_float)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if annotation is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value)  # YAML 1.1 reads "5e-4" as a string
-            except ValueError:
-                pass
-        if number is None:
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if not math.isfinite(number):  # no setting here means anything with NaN or infinity
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return number
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+        return False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ConfigError(f"{where}: expected true/false, got {value!r}")
+
+
+def _as_number(value: Any) -> float | None:
+    """A float from a number or a numeric string (YAML 1.1 reads "5e-4" as a string), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _as_int(value: Any, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = _as_number(value) if not isinstance(value, bool) else None
+    if number is not None and number.is_integer():
+        return int(number)
+    raise ConfigError(f"{where}: expected an integer, got {value!r}")
+
+
+def _as_float(value: Any, where: str) -> float:
+    number = _as_number(value)
+    if number is None:
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(number):  # no setting here means anything with NaN or infinity
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return number
+
+
+def _as_str(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{where}: expected a string, got {value!r}")
+
+
+_SCALARS = {bool: _as_bool, int: _as_int, float: _as_float, str: _as_str, Any: lambda value, where: value}
 
 
 def dataclass_from_dict(cls: type[T], data: dict[str, Any] | None, section: str = "") -> T:
