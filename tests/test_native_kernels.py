@@ -170,3 +170,13 @@ def test_a_damaged_cached_library_is_rebuilt_not_loaded(tmp_path):
         assert loaded.stdout.strip() == first.stdout.strip(), damage
         assert native.BUILDING_NOTICE in loaded.stderr, damage
         assert library.read_bytes() != content, damage
+
+
+@pytest.mark.parametrize("decode, builds", [("auto", True), ("eager", False)])
+def test_the_generator_builds_the_native_step_before_any_story_is_timed(monkeypatch, tokenizer, decode, builds):
+    """A first build on a machine takes seconds: it happens when the Generator is made, so a
+    story's tokens/s never counts it."""
+    calls = []
+    monkeypatch.setattr(native, "library", lambda: calls.append(decode))
+    Generator(WikiMiniModel(tiny_model_config()).eval(), tokenizer, decode=decode)
+    assert bool(calls) is builds

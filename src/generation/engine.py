@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from tokenizers import Tokenizer
 
 from src.data.tokenizer import EOS_TOKEN
-from src.generation.presets import SamplingParams
+from src.generation import native
 from src.generation.batch import DecodeBatch, Request
+from src.generation.presets import SamplingParams
 from src.generation.text import GenerationResult, StoryText
 from src.model.checkpoint import LoadedModel
 from src.model.transformer_block import WikiMiniModel
@@ -55,6 +56,8 @@ class Generator:
         if story_prefix is None:
             story_prefix = [self.eos_id] if tokenizer.token_to_id(EOS_TOKEN) is not None else []
         self.story_prefix = list(story_prefix)
+        if decode in ("auto", "compile") and self.model.tok_embeddings.weight.device.type == "cpu":
+            native.library()  # a first build on this machine happens now, not inside a story's clock
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, decode: str = "auto") -> Generator:
