@@ -84,3 +84,45 @@ def test_postprocess_steps():
 def test_no_capital_after_a_quoted_exclamation_or_question():
     assert postprocess('"Look, mom!" said Mom. "Why?" asked Tom.') == '"Look, mom!" said Mom. "Why?" asked Tom.'
     assert postprocess('"I am done." the end came. (it was late.) then') == '"I am done." The end came. (It was late.) Then.'
+
+
+@pytest.mark.parametrize("raw, shown", [
+    ("It was a sunny day. Mia was very", "It was a sunny day."),
+    ('He said, "Hi!" then she', 'He said, "Hi!"'),
+    ("It was", "It was"),  # no sentence has ended: nothing is cut, nothing is added
+])
+def test_a_length_cut_story_ends_at_its_last_complete_sentence_without_an_invented_stop(raw, shown):
+    assert postprocess(raw, cut=True) == shown
+    assert postprocess(raw) != shown or raw == shown  # a story that ended at EOS is still closed off
+
+
+def test_the_cli_and_the_server_end_a_length_cut_story_alike():
+    """The bundled model cut mid-sentence: generate.py prints the story to its last complete
+    sentence, and /generate's done event gives the UI the same ending (same seed, same story)."""
+    import json
+    import subprocess
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from src.generation.postprocess import without_cut_sentence
+    from src.model.checkpoint import load_for_inference
+    from src.server.app import create_app
+    from src.server.settings import ServerSettings
+    from tests.conftest import REPO_ROOT
+
+    demo = str(REPO_ROOT / "checkpoints/demo/tinystories_demo.pth")
+    prompt, request = "The cat sat. It was", ["--max-tokens", "12", "--seed", "3"]
+    cli = subprocess.run([sys.executable, "generate.py", "--checkpoint", demo, "--prompt", prompt, "--json", *request],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    sample = json.loads(cli.stdout)["samples"][0]
+    assert sample["finish_reason"] == "length" and not sample["continuation"].rstrip().endswith((".", "!", "?"))
+    assert sample["text"] == postprocess(prompt + sample["continuation"], cut=True)
+    assert (prompt + sample["continuation"]).startswith(sample["text"])  # cut, never added to
+    with TestClient(create_app(load_for_inference(demo, announce=False), ServerSettings(engine="thread"))) as client:
+        lines = client.post("/generate", json={"prompt": prompt, "max_tokens": 12, "seed": 3}).text.splitlines()
+    events = [json.loads(line[5:]) for line in lines if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+    streamed, done = "".join(e.get("token", "") for e in events), events[-1]
+    assert streamed == sample["continuation"]
+    assert done["finish_reason"] == "length" and done["text"] == without_cut_sentence(prompt, streamed)
+    assert prompt + done["text"] == sample["text"]

@@ -55,7 +55,7 @@ def prompt_offset(prompt: str, text: str) -> int:
 
 def score_sample(preset: str, result: GenerationResult) -> SampleScores:
     story = result.prompt + result.text
-    cleaned = postprocess(story)
+    cleaned = postprocess(story, cut=result.finish_reason == "length")
     articles = count_articles(result.text)
     finished = result.finish_reason == "eos"
     raw = score_grammar(story, model_start=len(result.prompt), finished=finished)

@@ -104,7 +104,7 @@ def run_prompt(generator: Generator, prompt: str, params: SamplingParams, args) 
         else:
             result = generator.generate(prompt, sample_params)
         full_text = prompt + result.text
-        final_text = postprocess(full_text) if args.postprocess else full_text
+        final_text = postprocess(full_text, cut=result.finish_reason == "length") if args.postprocess else full_text
         records.append(sample_record(result, final_text))
         if not args.stream and not args.json:
             if args.num_samples > 1:

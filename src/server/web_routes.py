@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
+from src.generation.postprocess import without_cut_sentence
 from src.server.guards import SafeJSONResponse
 from src.server.schemas import ErrorResponse, GenerateRequest, error_responses
 from src.server.service import StoryService
@@ -61,7 +62,9 @@ def web_router(service: StoryService) -> APIRouter:
             service, prompt, params, service.admit(openai=False),
             delta=lambda text: {"token": text},
             done=lambda result: {"done": True, "finish_reason": result.finish_reason, "tokens": result.tokens,
-                                 "tokens_per_s": round(result.tokens_per_s, 2), "seed": result.seed},
+                                 "tokens_per_s": round(result.tokens_per_s, 2), "seed": result.seed,
+                                 **({"text": without_cut_sentence(result.prompt, result.text)}
+                                    if result.finish_reason == "length" else {})},
             error=lambda exc: {"error": f"{type(exc).__name__}: {exc}"})
 
     return router
