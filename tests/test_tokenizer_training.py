@@ -121,3 +121,24 @@ def test_train_custom_tokenizer_bad_input_is_one_clear_line(tmp_path, args, mess
     assert message in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_the_reading_bar_counts_what_a_small_file_really_holds(tmp_path, monkeypatch):
+    """--max_samples is a cap: a 30-story file's bar must not promise 100,000 stories."""
+    from src.data import tokenizer_training
+
+    data = tmp_path / "train.txt"
+    data.write_text("".join(f"{s}\n{EOS_TOKEN}\n" for s in (TINY_STORIES * 30)[:30]), encoding="utf-8")
+    bars = []
+
+    class RecordingBar(tokenizer_training.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(tokenizer_training, "tqdm", RecordingBar)
+    config = tokenizer_training.TokenizerTrainingConfig(output_dir=str(tmp_path / "tok"), vocab_size=300,
+                                                        data=[str(data)], max_samples=100_000, min_frequency=1)
+    tokenizer_training.train_tokenizer(config)
+    (bar,) = bars
+    assert bar.total == bar.n == data.stat().st_size  # the whole file, read to its end

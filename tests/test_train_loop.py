@@ -136,3 +136,13 @@ def test_compile_failure_falls_back_to_eager(data, tmp_path, monkeypatch, capsys
     assert "torch.compile failed (RuntimeError: inductor exploded); falling back to eager" in capsys.readouterr().out
     # the failed attempt consumed no data and no randomness: the same losses as a plain eager run
     assert train_losses(tmp_path / "fallback") == train_losses(tmp_path / "eager")
+
+
+def test_the_data_lines_say_how_many_stories_were_really_read(data, tmp_path, capsys):
+    """A cap larger than the file is a cap, not a count: the log gives the stories read."""
+    run_smoke(data, tmp_path / "run", training__max_steps=1, data__max_train_stories=4042,
+              data__max_val_stories=9)
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("train "))
+    assert "400 stories" in line and "[first 4042" not in line and "at most 4,042 stories" in line
+    assert "val " in line and ", 9 stories" in line

@@ -379,7 +379,7 @@ class TextSource:
         if self.keep != "all":
             text += f" [{self.keep}, held-out fraction {self.held_out_fraction}]"
         if self.max_stories is not None:
-            text += f" [first {self.max_stories} stories]"
+            text += f" [at most {self.max_stories:,} stories]"
         return text
 
 

@@ -57,23 +57,26 @@ def train_tokenizer(config: TokenizerTrainingConfig) -> TokenizerTrainingResult:
     output_dir = Path(config.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise TokenizerError(f"output_dir {output_dir} exists and is not a directory")
-    source = open_source(config.data, split=config.split).head(config.max_samples)
+    whole = open_source(config.data, split=config.split)
+    source = whole.head(config.max_samples)
+    file_bytes = whole.total_bytes()  # local files: the bar counts bytes read of them; else stories
 
     counts = {"stories": 0, "chars": 0}
     sample: list[str] = []
 
     def counted_stories() -> Iterator[str]:
-        progress = tqdm(
-            total=config.max_samples, unit=" stories", desc="reading", disable=not config.show_progress
-        )
+        progress = tqdm(total=file_bytes or config.max_samples, unit="B" if file_bytes else " stories",
+                        unit_scale=bool(file_bytes), desc="reading", disable=not config.show_progress)
         with progress:
             for story in source.stories():
                 counts["stories"] += 1
                 counts["chars"] += len(story)
                 if counts["chars"] <= SAMPLE_CHARS:
                     sample.append(story)
-                progress.update(1)
+                progress.update(len(story.encode("utf-8")) if file_bytes else 1)  # separators aside
                 yield story
+            if file_bytes and (config.max_samples is None or counts["stories"] < config.max_samples):
+                progress.update(file_bytes - progress.n)  # the whole file was read, separators too
 
     start = time.perf_counter()
     tokenizer = train_bpe_tokenizer(counted_stories(), config.vocab_size, config.min_frequency)

@@ -83,8 +83,10 @@ def load_run_data(
     return RunData(
         train=batches,
         train_tokens=train_cache.n_tokens,
-        train_description=train_source.describe(),
+        train_description=f"{train_source.describe()}, {train_cache.n_stories:,} stories",
         val_tokens=val_tokens,
         val_bytes=val_bytes,
-        val_description=val_source.describe() if val_source else None,
+        val_description=f"{val_source.describe()}, {val_cache.n_stories:,} stories" + (
+            f" (the first {len(val_tokens) - 1:,} tokens scored)" if len(val_tokens) < val_cache.n_tokens else "")
+        if val_source else None,
     )
