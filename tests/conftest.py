@@ -83,3 +83,14 @@ def parse_sse(lines) -> list:
             payload = line[5:].strip()
             events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events
+
+
+def native_library_or_skip():
+    """The native decode step's library, or a skip that says what builds it."""
+    from src.generation import native
+
+    lib = native.library()
+    if lib is None:
+        pytest.skip("needs the native decode step, which the system's C++ compiler builds (apt-get install g++, "
+                    f"or set CXX); here: {native.unavailable()}")
+    return lib

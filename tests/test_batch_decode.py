@@ -7,7 +7,7 @@ import torch
 from src.generation import Generator, SamplingParams
 from src.generation.batch import DecodeBatch
 from src.model import WikiMiniModel
-from tests.conftest import tiny_model_config
+from tests.conftest import native_library_or_skip, tiny_model_config
 
 PROMPTS = ["Once upon a time", "The dog", "Lily found a red ball in the garden and she"]
 
@@ -330,10 +330,7 @@ def test_eos_ends_a_story_without_being_emitted(generator):
 
 
 def native_or_skip():
-    from src.generation import native
-
-    if native.library() is None:
-        pytest.skip(f"native decode step unavailable: {native.unavailable()}")
+    native_library_or_skip()
 
 
 @pytest.mark.parametrize("config", [{}, {"n_kv_heads": 2}, {"qk_norm": True}, {"tie_embeddings": False}])

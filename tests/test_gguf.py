@@ -244,7 +244,7 @@ def llama_cpp_model(path: Path, n_ctx: int):
 @pytest.fixture(scope="module")
 def demo_gguf(tmp_path_factory) -> Path:
     if not DEMO.exists():
-        pytest.skip(f"the bundled demo model is missing: {DEMO}")
+        pytest.skip(f"needs the bundled demo model {DEMO.relative_to(REPO_ROOT)}, which a full clone has")
     from src.model.gguf_export import export_gguf
 
     return export_gguf(DEMO, tmp_path_factory.mktemp("gguf") / "demo.gguf")

@@ -4,12 +4,13 @@ SentencePiece tokenizer, bad files, and the story start token every consumer mus
 The synthetic files are written here, independently of the parser, in the layout llama2.c's
 `export.py` writes; their logits are checked against `llama2c_forward`, a re-implementation of
 `run.c`'s forward pass (interleaved RoPE, kv head h // (n_heads / n_kv_heads)) on the raw
-weights. Tests on the real stories260K model skip where `../shared` is absent.
+weights. Tests on the real stories260K model skip where it is not at hand (see STORIES260K_NEEDED).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 import sys
 from pathlib import Path
@@ -26,12 +27,15 @@ from src.model.llama2c import MAGIC, import_llama2c, load_llama2c_model, read_ll
 from src.model.transformer_block import WikiMiniModel
 from tests.conftest import REPO_ROOT, TINY_STORIES, tiny_model_config
 
-STORIES260K = REPO_ROOT.parent / "shared" / "models" / "stories260K"
+STORIES260K = Path(os.environ.get("STORIES260K_DIR", REPO_ROOT.parent / "shared" / "models" / "stories260K"))
+STORIES260K_NEEDED = ("needs llama2.c's real stories260K model: download stories260K.bin and tok512.model from "
+                      "https://huggingface.co/karpathy/tinyllamas/tree/main/stories260K into a folder and set "
+                      "STORIES260K_DIR to it")
 VALID_TEXT = REPO_ROOT.parent / "shared" / "data" / "tinystories" / "valid.txt"
 PUBLISHED_GREEDY = ("Once upon a time, there was a little girl named Lily. "
                     "She loved to play outside in the park.")
 needs_stories260k = pytest.mark.skipif(not (STORIES260K / "stories260K.bin").exists(),
-                                       reason=f"real llama2.c model not present at {STORIES260K}")
+                                       reason=STORIES260K_NEEDED)
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=40)
 
 # a small llama2.c model: 2 heads per kv head (GQA), head dim 8
@@ -232,7 +236,7 @@ def test_bad_files_are_clear_errors_with_exit_2(tmp_path, monkeypatch, capsys, d
 @pytest.fixture(scope="module")
 def sp_model(tmp_path_factory) -> Path:
     """A tiny llama2.c-style SentencePiece BPE (llama2.c's train_vocab options), 320 pieces."""
-    spm = pytest.importorskip("sentencepiece", reason="sentencepiece is needed to train a tokenizer for the test")
+    spm = pytest.importorskip("sentencepiece", reason="needs sentencepiece to train a tokenizer for the test (pip install sentencepiece)")
     folder = tmp_path_factory.mktemp("spm")
     corpus = folder / "corpus.txt"
     corpus.write_text("\n".join(TINY_STORIES * 5), encoding="utf-8")
@@ -411,7 +415,7 @@ def test_heldout_cache_puts_a_non_eos_start_token_before_each_story(tmp_path, to
 @pytest.fixture(scope="module")
 def stories260k(tmp_path_factory) -> Path:
     if not (STORIES260K / "stories260K.bin").exists():
-        pytest.skip(f"real llama2.c model not present at {STORIES260K}")
+        pytest.skip(STORIES260K_NEEDED)
     out = tmp_path_factory.mktemp("s260") / "stories260K.pth"
     return import_llama2c(STORIES260K / "stories260K.bin", STORIES260K / "tok512.model", out)
 

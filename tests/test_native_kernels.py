@@ -18,7 +18,7 @@ import torch
 from src.generation import Generator, SamplingParams, native
 from src.model import WikiMiniModel
 from src.model.quantize import quantize_int8, quantize_rows
-from tests.conftest import REPO_ROOT, tiny_model_config
+from tests.conftest import REPO_ROOT, native_library_or_skip, tiny_model_config
 
 # kernel name: (target flags, the /proc/cpuinfo flags a CPU needs to run that build)
 X86_BUILDS = {
@@ -34,7 +34,8 @@ IS_X86 = platform.machine().lower() in ("x86_64", "amd64")
 def runnable_builds() -> list:
     flags = set(native.cpu_flags().split())
     return [pytest.param(name, arch, id=name, marks=pytest.mark.skipif(
-        not IS_X86 or not needs <= flags, reason=f"this CPU cannot run the {name} kernel"))
+        not IS_X86 or not needs <= flags, reason=f"needs an x86 CPU with {', '.join(sorted(needs)) or 'x86-64'} for the {name} kernel "
+        "(the ARM kernels are checked under qemu)"))
         for name, (arch, needs) in X86_BUILDS.items()]
 
 
@@ -43,10 +44,7 @@ def build(monkeypatch):
     """Select a build by its target flags (compiled once per flags into the user's cache)."""
     def select(arch: str):
         monkeypatch.setenv("WIKIMINI_NATIVE_ARCH", arch)
-        lib = native.library()
-        if lib is None:
-            pytest.skip(f"native decode step unavailable: {native.unavailable()}")
-        return lib
+        return native_library_or_skip()
     return select
 
 

@@ -11,6 +11,7 @@ import torch
 from src.generation import SamplingParams, native
 from src.generation.batch import Request
 from src.generation.sampling import RowSettings, sampling_distribution
+from tests.conftest import native_library_or_skip
 
 VOCAB = 12
 SETTINGS = {
@@ -24,10 +25,7 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def lib():
-    found = native.library()
-    if found is None:
-        pytest.skip(f"native decode step unavailable: {native.unavailable()}")
-    return found
+    return native_library_or_skip()
 
 
 def fixed_logits_and_seen() -> tuple[torch.Tensor, torch.Tensor]:

@@ -72,7 +72,7 @@ def test_auto_precision_and_errors():
         inference_precision(cpu, "int4")
 
 
-@pytest.mark.skipif(not DEMO_CHECKPOINT.exists(), reason="bundled demo checkpoint missing")
+@pytest.mark.skipif(not DEMO_CHECKPOINT.exists(), reason="needs the bundled demo model (checkpoints/demo/), which a full clone has")
 def test_demo_model_int8_loses_under_one_percent_of_perplexity():
     """On the bundled trained model, int8 weights barely move held-out loss or greedy stories."""
     text = " ".join(TINY_STORIES)

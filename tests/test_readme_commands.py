@@ -59,3 +59,32 @@ def test_every_documented_flag_is_accepted():
     missing = [f"{' '.join(key)} {name}" for key in keys for name in sorted(flags[key])
                if not re.search(re.escape(name) + r"\b", help_texts[" ".join(key)])]
     assert not missing, f"README documents flags the scripts reject: {missing}"
+
+
+def test_every_skip_reason_says_what_is_needed_and_how_to_get_it():
+    """A skip names what the test needs and how a user gets it, never a folder only this
+    project's own machines have."""
+    import ast
+
+    reasons = []
+    for path in sorted((REPO_ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            texts = [kw.value for kw in node.keywords if kw.arg == "reason"]
+            if name == "skip" and node.args:
+                texts.append(node.args[0])
+            for text in texts:
+                parts = [text] if not isinstance(text, ast.JoinedStr) else text.values
+                words = "".join(p.value for p in parts if isinstance(p, ast.Constant) and isinstance(p.value, str))
+                if isinstance(text, ast.Name):  # a module-level constant
+                    words = next(n.value.value for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                                 if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == text.id
+                                 and isinstance(n.value, ast.Constant))
+                if words:
+                    reasons.append((path.name, words))
+    assert len(reasons) > 10
+    for where, reason in reasons:
+        assert "shared" not in reason and "not present" not in reason, (where, reason)
+        assert any(hint in reason for hint in ("needs", "pip install", "apt-get", "download")), (where, reason)
