@@ -88,3 +88,13 @@ def test_every_skip_reason_says_what_is_needed_and_how_to_get_it():
     for where, reason in reasons:
         assert "shared" not in reason and "not present" not in reason, (where, reason)
         assert any(hint in reason for hint in ("needs", "pip install", "apt-get", "download")), (where, reason)
+
+
+def test_the_quick_start_makes_a_virtual_environment_and_the_tests_say_how_long_they_take():
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    quick_start = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    tests = text.split("## Tests", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"```bash\n(.+?)\n```", quick_start, re.S).group(1)
+    assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && ") and "generate.py" in command
+    assert ".venv/" in (REPO_ROOT / ".gitignore").read_text().splitlines()
+    assert "python3 -m pytest -q" in tests and re.search(r"minutes on 2 cores", tests)
