@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from src.data import sources
 from src.data.sources import DataSourceError, HubDataset, is_held_out, open_source
 
 STORIES = ["Once upon a time, a cat sat.\nThe end.", "Lily found a ball. 🙂", "Ben ate café crème — 漢字."]
@@ -131,6 +132,8 @@ def test_hub_dataset_names_and_streaming(monkeypatch):
         return [{"text": "  A story.  "}, {"text": ""}, {"text": "Another."}]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(sources, "_hub_reachability", (True, "is reachable"))  # no network needed here
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     source = open_source("roneneldan/TinyStories", split="validation")
     assert source.parts == (HubDataset("roneneldan/TinyStories", "validation"),)
     assert open_source("hf:roneneldan/TinyStories:train").parts == (HubDataset("roneneldan/TinyStories", "train"),)
@@ -140,6 +143,37 @@ def test_hub_dataset_names_and_streaming(monkeypatch):
     assert source.fingerprint() != open_source("roneneldan/TinyStories").fingerprint()
     with pytest.raises(DataSourceError, match="split 'missing': Unknown split \"missing\". Without network"):
         list(open_source("roneneldan/TinyStories:missing").stories())
+
+
+def test_without_network_the_hub_is_asked_once_briefly_and_only_the_local_cache_is_used(monkeypatch):
+    """No network: one short connect says so, then `datasets` runs offline (HF_HUB_OFFLINE
+    semantics): a dataset cached before still loads, anything else fails at once, no retries."""
+    import socket
+
+    import datasets
+
+    connects, offline_when_loading = [], []
+
+    def no_network(address, timeout):
+        connects.append((address, timeout))
+        raise socket.gaierror(-2, "Name or service not known")
+
+    def cached_only(name, split, streaming):
+        offline_when_loading.append(os.environ.get("HF_HUB_OFFLINE"))
+        if split == "validation":
+            return [{"text": "A cached story."}]
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(sources, "_hub_reachability", None)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(datasets, "load_dataset", cached_only)
+    assert list(open_source("roneneldan/TinyStories:validation").stories()) == ["A cached story."]
+    with pytest.raises(DataSourceError, match=r"hub is not reachable \(Name or service not known\) and the dataset "
+                                              r"is not in the local cache.*config/smoke.yaml"):
+        list(open_source("roneneldan/TinyStories:train").stories())
+    assert len(connects) == 1 and connects[0][1] <= 5  # asked once, briefly
+    assert offline_when_loading == ["1", "1"]
 
 
 def test_missing_local_path_under_existing_folder_is_not_taken_for_a_hub_name(tmp_path, monkeypatch):

@@ -98,3 +98,15 @@ def test_the_quick_start_makes_a_virtual_environment_and_the_tests_say_how_long_
     assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && ") and "generate.py" in command
     assert ".venv/" in (REPO_ROOT / ".gitignore").read_text().splitlines()
     assert "python3 -m pytest -q" in tests and re.search(r"minutes on 2 cores", tests)
+
+
+def test_the_first_pre_flight_and_training_examples_run_without_network(tmp_path):
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    env = dict(__import__("os").environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+    for script, extra in (("test_training_setup.py", []),
+                          ("train.py", ["--set", f"training.output_dir={tmp_path / 'run'}", "--set",
+                                        f"data.cache_dir={tmp_path / 'cache'}", "--set", "training.max_steps=3"])):
+        command = re.search(rf"^python ({re.escape(script)} [^#\n]*)", text, re.M).group(1).split()
+        proc = subprocess.run([sys.executable, *command, *extra], cwd=REPO_ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, (command, proc.stdout[-2000:], proc.stderr[-2000:])

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -34,6 +35,9 @@ TEXT_FIELDS = ("text", "story")  # checked in this order
 FILE_SUFFIXES = (".txt", ".jsonl", ".json")
 _HF_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _GLOB_CHARS = re.compile(r"[*?\[]")
+HUB_HOST = ("huggingface.co", 443)
+HUB_CONNECT_TIMEOUT_S = 3.0
+_hub_reachability: tuple[bool, str] | None = None  # found once per process
 
 
 # A "story" longer than this (a TinyStories story is ~1,000 characters; a model's context ~2,000)
@@ -253,6 +257,37 @@ class LocalFiles:
         return self.spec if len(self.files) == 1 else f"{self.spec} ({len(self.files)} files)"
 
 
+def hub_offline_requested() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable() -> tuple[bool, str]:
+    """(can the Hugging Face hub be reached, why not): one short connect, once per process, so
+    that a machine without network learns it in seconds instead of after minutes of retries."""
+    global _hub_reachability
+    if _hub_reachability is not None:  # (once found unreachable, HF_HUB_OFFLINE is ours: see _go_offline)
+        return _hub_reachability
+    if hub_offline_requested():
+        return False, "is disabled by HF_HUB_OFFLINE"
+    if _hub_reachability is None:
+        try:
+            with socket.create_connection(HUB_HOST, timeout=HUB_CONNECT_TIMEOUT_S):
+                _hub_reachability = True, "is reachable"
+        except OSError as exc:
+            _hub_reachability = False, f"is not reachable ({exc.strerror or type(exc).__name__})"
+    return _hub_reachability
+
+
+def _go_offline() -> None:
+    """Make `datasets` use only its local cache (HF_HUB_OFFLINE semantics): a dataset read
+    before still loads, anything else fails at once."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    for module, name in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE")):
+        loaded = __import__("sys").modules.get(module)
+        if loaded is not None:
+            setattr(loaded, name, True)
+
+
 @dataclass(frozen=True)
 class HubDataset:
     """A Hugging Face dataset split, streamed through `datasets` (nothing downloaded up front)."""
@@ -262,6 +297,9 @@ class HubDataset:
 
     def raw_stories(self) -> Iterator[str]:
         where = f"Hugging Face dataset {self.name!r} split {self.split!r}"
+        reachable, why = hub_reachable()
+        if not reachable:
+            _go_offline()
         try:
             import datasets
 
@@ -272,10 +310,12 @@ class HubDataset:
             raise
         except Exception as exc:  # network, unknown dataset or split, ...: one clear line
             message = str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
+            if not reachable:
+                message = f"the Hugging Face hub {why} and the dataset is not in the local cache"
             raise DataSourceError(
                 f"cannot read {where}: {message}. Without network access, use local files instead, e.g."
                 " train.py --set data.train='path/to/train*.txt' --set data.val=path/to/valid.txt (other"
-                " commands: --data path/to/valid.txt); HF_HUB_OFFLINE=1 makes this fail at once instead of retrying."
+                " commands: --data path/to/valid.txt), or the bundled stories: --config config/smoke.yaml"
             ) from None
 
     def fingerprint(self) -> str:

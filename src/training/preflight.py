@@ -10,7 +10,6 @@ import argparse
 import math
 import os
 import shutil
-import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from src.training.checkpointing import LATEST_NAME
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 ROUND_TRIP_TEXT = 'Once upon a time, Lily found a shiny "red" ball. She said: "Wow!" 123 café 🙂'
 DEFAULT_CONFIG = "config/train_config_tinystories_33M_TOP10K.yaml"
-HUB_HOST = ("huggingface.co", 443)
 
 
 @dataclass
@@ -161,7 +159,7 @@ class Preflight:
 
     def _source_check(self, name: str, source) -> Check:
         from src.data.cache import cache_paths
-        from src.data.sources import DataSourceError, HubDataset
+        from src.data.sources import DataSourceError, HubDataset, hub_reachable
 
         if self.tokenizer is not None and cache_paths(source, self.tokenizer, self.config.data.cache_dir)[0].exists():
             return Check(name, PASS, f"{source.describe()}: already tokenized in {self.config.data.cache_dir}")
@@ -169,7 +167,8 @@ class Preflight:
         if hub:
             reachable, why = hub_reachable()
             status = PASS if reachable else FAIL
-            return Check(name, status, f"{source.describe()}: Hugging Face hub {why}")
+            hint = "" if reachable else "; use local text files (--set data.train=... data.val=...) or config/smoke.yaml"
+            return Check(name, status, f"{source.describe()}: Hugging Face hub {why}{hint}")
         try:
             first = next(iter(source.stories()))
         except (DataSourceError, StopIteration) as exc:
@@ -232,16 +231,6 @@ def compile_available(device: torch.device) -> tuple[bool, str]:
         return (True, "available (Triton)") if has_triton() else (False, "Triton missing")
     compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     return (True, f"available ({compiler})") if compiler else (False, "no C++ compiler found")
-
-
-def hub_reachable(timeout: float = 5.0) -> tuple[bool, str]:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False, "is disabled by HF_HUB_OFFLINE"
-    try:
-        with socket.create_connection(HUB_HOST, timeout=timeout):
-            return True, "is reachable"
-    except OSError as exc:
-        return False, f"is not reachable ({exc.strerror or type(exc).__name__}); use a local text file"
 
 
 def main(argv: list[str] | None = None) -> int:
