@@ -128,3 +128,37 @@ def test_interrupted_build_leaves_no_cache(story_file, tokenizer, tmp_path, monk
 
 def test_large_vocab_uses_uint32():
     assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
+
+
+MEMORY_LIMIT = 3 << 29  # 1.5 GiB of address space for the child that tokenizes
+
+
+def test_text_without_separators_or_spaces_is_cached_within_bounded_memory(tmp_path):
+    """The worst input for memory: 12 MB with no story separator and no whitespace (one endless
+    'word'). The data path that train.py runs must cache it under a 1.5 GiB address-space limit."""
+    import random
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    rng = random.Random(0)
+    text = tmp_path / "no_separators.txt"
+    with open(text, "w", encoding="utf-8") as out:
+        for _ in range(12):
+            out.write("".join(rng.choice("abcdefghij") for _ in range(1_000_000)))
+    code = f"""
+import resource, sys, warnings
+resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT}))
+warnings.simplefilter("ignore")
+from src.data.cache import load_or_build_token_cache
+from src.data.tokenizer import load_tokenizer
+cache = load_or_build_token_cache({str(text)!r}, load_tokenizer("tokenizer/tinystories20k_4k"), {str(tmp_path / "cache")!r},
+                                  show_progress=False)
+print(cache.n_tokens, cache.n_stories, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    n_tokens, n_pieces, peak_kb = map(int, proc.stdout.split())
+    assert n_pieces >= 12_000_000 // 65_536 and n_tokens > 1_000_000  # read in pieces, all of it
+    assert peak_kb * 1024 < MEMORY_LIMIT
