@@ -24,9 +24,12 @@ import re
 import socket
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
+
+import ijson
 
 from src.data.tokenizer import EOS_TOKEN
 
@@ -82,8 +85,8 @@ def _read_txt(file: Path) -> Iterator[str]:
     time, and a line longer than MAX_STORY_CHARS in pieces, so memory stays bounded."""
     lines: list[str] = []
     size = 0
-    with _open_text(file) as f:
-        while line := _read_line(f, file, MAX_STORY_CHARS):
+    with _reading(file) as f:
+        while line := f.readline(MAX_STORY_CHARS):
             if line.strip() == EOS_TOKEN:
                 yield "".join(lines)
                 lines, size = [], 0
@@ -100,8 +103,8 @@ def _read_txt(file: Path) -> Iterator[str]:
 
 
 def _read_jsonl(file: Path) -> Iterator[str]:
-    with _open_text(file) as f:
-        for line_no, line in enumerate(_decoded_lines(f, file), start=1):
+    with _reading(file) as f:
+        for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
@@ -112,71 +115,17 @@ def _read_jsonl(file: Path) -> Iterator[str]:
 
 
 def _read_json(file: Path) -> Iterator[str]:
-    """A JSON array of records (decoded one record at a time), or a single record."""
-    with _open_text(file) as f:
-        for index, record in enumerate(_iter_json_array(f, file)):
-            yield _story_field(record, f"{file} record {index}")
-
-
-def _iter_json_array(f: TextIO, file: Path, chunk_chars: int = 1 << 20) -> Iterator[Any]:
-    """Decode a top-level JSON array item by item, keeping only about one chunk in memory."""
-    decoder = json.JSONDecoder()
-    buf, pos, eof = "", 0, False
-
-    def fill() -> bool:  # append the next chunk; False at end of file
-        nonlocal buf, pos, eof
-        more = _read_chunk(f, file, chunk_chars)
-        eof = not more
-        buf, pos = buf[pos:] + more, 0
-        return not eof
-
-    def skip_space() -> str:  # next non-blank character, or "" at end of file
-        nonlocal pos
-        while True:
-            while pos < len(buf) and buf[pos].isspace():
-                pos += 1
-            if pos < len(buf) or not fill():
-                return buf[pos] if pos < len(buf) else ""
-
-    def fail(what: str) -> DataSourceError:
-        return DataSourceError(f"{file}: invalid JSON ({what})")
-
-    first = skip_space()
-    if first == "":
-        return
-    if first != "[":  # a single record: small by nature, decode it whole
-        while fill():
-            pass
+    """A JSON array of records, streamed a record at a time by ijson, or a single record."""
+    with _reading(file, binary=True) as f:
+        first = f.read(4096).lstrip()[:1]
+        f.seek(0)
         try:
-            yield json.loads(buf)
-        except json.JSONDecodeError as exc:
-            raise fail(exc.msg) from None
-        return
-    pos += 1
-    expect_item = True
-    while True:
-        char = skip_space()
-        if char == "":
-            raise fail("the array is not closed")
-        if char == "]":
-            return
-        if char == ",":
-            if expect_item:
-                raise fail(f"unexpected ',' at character {pos}")
-            pos, expect_item = pos + 1, True
-            continue
-        if not expect_item:
-            raise fail(f"missing ',' between records near character {pos}")
-        try:
-            item, end = decoder.raw_decode(buf, pos)
-            if end == len(buf) and not eof:  # a value cut at the chunk edge may parse short
-                raise json.JSONDecodeError("incomplete", buf, end)
-        except json.JSONDecodeError as exc:
-            if eof or not fill():
-                raise fail(exc.msg) from None
-            continue
-        pos, expect_item = end, False
-        yield item
+            records = ijson.items(f, "item") if first == b"[" else [json.load(f)] if first else []
+            for index, record in enumerate(records):
+                yield _story_field(record, f"{file} record {index}")
+        except (ijson.JSONError, json.JSONDecodeError) as exc:
+            detail = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+            raise DataSourceError(f"{file}: invalid JSON ({detail.splitlines()[0][:200]})") from None
 
 
 def _story_field(record: Any, where: str) -> str:
@@ -190,11 +139,19 @@ def _story_field(record: Any, where: str) -> str:
     raise DataSourceError(f"{where}: expected an object with a 'text' or 'story' field, got {type(record).__name__}")
 
 
-def _open_text(file: Path) -> TextIO:
+@contextmanager
+def _reading(file: Path, binary: bool = False) -> Iterator[IO]:
+    """The file opened for reading (UTF-8 text unless `binary`): failing to open or to decode it
+    is one DataSourceError, wherever the reading happens."""
     try:
-        return open(file, encoding="utf-8")
+        f = open(file, "rb") if binary else open(file, encoding="utf-8")
     except OSError as exc:
         raise DataSourceError(f"cannot read {file}: {exc.strerror or exc}") from None
+    with f:
+        try:
+            yield f
+        except UnicodeDecodeError as exc:
+            raise DataSourceError(f"{file} is not valid UTF-8 ({exc.reason} at byte {exc.start} of a block)") from None
 
 
 def _stat(file: Path) -> os.stat_result:
@@ -202,27 +159,6 @@ def _stat(file: Path) -> os.stat_result:
         return file.stat()
     except OSError as exc:
         raise DataSourceError(f"cannot read {file}: {exc.strerror or exc}") from None
-
-
-def _read_line(f: TextIO, file: Path, limit: int) -> str:
-    try:
-        return f.readline(limit)
-    except UnicodeDecodeError as exc:
-        raise DataSourceError(f"{file} is not valid UTF-8 ({exc.reason} at byte {exc.start} of a block)") from None
-
-
-def _decoded_lines(f: TextIO, file: Path) -> Iterator[str]:
-    try:
-        yield from f
-    except UnicodeDecodeError as exc:
-        raise DataSourceError(f"{file} is not valid UTF-8 ({exc.reason} at byte {exc.start} of a block)") from None
-
-
-def _read_chunk(f: TextIO, file: Path, size: int) -> str:
-    try:
-        return f.read(size)
-    except UnicodeDecodeError as exc:
-        raise DataSourceError(f"{file} is not valid UTF-8 ({exc.reason})") from None
 
 
 _READERS = {".txt": _read_txt, ".jsonl": _read_jsonl, ".json": _read_json}
