@@ -114,7 +114,7 @@ def test_the_conversation_follows_the_paper_and_replies_are_cached(tmp_path):
     assert second["messages"][1]["content"] == ASSESSMENT and second["messages"][2]["content"] == SECOND_TURN
     assert result == again == {"model": "judge-1", "n": 2, "grammar": 8.0, "creativity": 6.0, "consistency": 9.0,
                                "plot": 7.0, "age_groups": {"A": 0, "B": 0, "C": 2, "D": 0, "E": 0, "F": 0},
-                               "parse_failures": 0}
+                               "parse_failures": 0, "errors": {}}
 
 
 def test_an_unreadable_reply_is_asked_once_more_then_counted(tmp_path):
@@ -131,7 +131,7 @@ def test_an_unreachable_judge_or_a_refused_key_is_one_clear_error(tmp_path):
     with StandInJudge([GOOD]) as stand_in:
         closed_url = stand_in.url
     with pytest.raises(EvaluationError, match="cannot be reached"):
-        Judge(closed_url, "j", cache_dir=tmp_path).grade(["Tom saw a big"], [" dog."], progress=False)
+        Judge(closed_url, "j", cache_dir=tmp_path).check_endpoint()
     with StandInJudge([GOOD], status=401) as stand_in, pytest.raises(EvaluationError, match="refused the key"):
         Judge(stand_in.url, "j", cache_dir=tmp_path).grade(["Tom saw a big"], [" dog."], progress=False)
 

@@ -16,7 +16,7 @@ from src.atomic_files import atomic_write_text
 from src.evaluation.chart import plot_comparison
 from src.evaluation.comparison_report import markdown_report, markdown_table, table_rows, text_table
 from src.evaluation.errors import EvaluationError
-from src.evaluation.judge import GRADES, JudgeOptions, judge_beginnings, judge_completions
+from src.evaluation.judge import GRADES, JudgeOptions, calibration_lines, judge_completions, prepare_judge
 from src.evaluation.prompts import load_prompts
 from src.evaluation.report import write_json
 from src.evaluation.runner import load_for_evaluation, run_cli
@@ -58,9 +58,8 @@ def compare_presets(options: CompareOptions) -> dict[str, Any]:
     """Generate and score every preset on the same prompts and seeds; write the three reports."""
     options.check()
     prompts = load_prompts(options.prompts_file)
-    if options.judge is not None:
-        options.judge.check()
-        beginnings = judge_beginnings(options.judge, options.data, options.prompts_file, options.seed)
+    if options.judge is not None:  # a dead judge ends the run here, before anything is loaded
+        judge, splits = prepare_judge(options.judge, options.data, options.prompts_file, options.seed)
     out_dir = Path(options.out_dir)  # created on the first write, so bad input leaves nothing behind
     loaded = load_for_evaluation(options.checkpoint, options.device, options.precision)
     generator = Generator.from_loaded(loaded)
@@ -80,10 +79,15 @@ def compare_presets(options: CompareOptions) -> dict[str, Any]:
     print(f"Best preset: {best} ({QUALITY_RULE})")
     judged = {}
     if options.judge is not None:
-        for name in options.presets:
+        for index, name in enumerate(options.presets):  # calibration beside the first preset's completions
             params = PRESETS[name].replace(max_new_tokens=options.max_new_tokens)
-            judged[name] = judge_completions(generator, options.judge, beginnings, params, options.seed)
+            judged[name] = judge_completions(generator, judge, splits, params, options.seed,
+                                             options.judge.calibrate and index == 0)
         print(text_table(judge_rows(judged)))
+        calibrated = judged[options.presets[0]].get("calibration")
+        if calibrated:
+            print(f"Judge calibration, beside preset {options.presets[0]!r}:")
+            print("\n".join(calibration_lines(calibrated)))
 
     settings = {
         "checkpoint": str(loaded.path),
@@ -123,10 +127,11 @@ def compare_presets(options: CompareOptions) -> dict[str, Any]:
 
 def judge_rows(judged: dict[str, dict]) -> list[list[str]]:
     """Each preset's mean judge grades (1-10), stories graded and replies that could not be read."""
-    rows = [["preset", *GRADES, "graded", "parse failures"]]
+    rows = [["preset", *GRADES, "graded", "parse failures", "errors"]]
     for name, summary in judged.items():
         grades = [f"{summary[g]:.2f}" if summary[g] is not None else "-" for g in GRADES]
-        rows.append([name, *grades, str(summary["n"]), str(summary["parse_failures"])])
+        errors = ", ".join(f"{reason} {count}" for reason, count in summary["errors"].items()) or "0"
+        rows.append([name, *grades, str(summary["n"]), str(summary["parse_failures"]), errors])
     return rows
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from src.data.cache import DEFAULT_CACHE_DIR
 from src.evaluation.errors import EvaluationError
 from src.evaluation.heldout import DEFAULT_VALIDATION_SOURCE, evaluate_heldout, evaluate_stories
-from src.evaluation.judge import JudgeOptions, judge_beginnings, judge_completions, judge_lines
+from src.evaluation.judge import JudgeOptions, judge_completions, judge_lines, prepare_judge
 from src.evaluation.prompts import load_prompts
 from src.evaluation.report import generation_lines, heldout_lines, write_json
 from src.evaluation.runner import load_for_evaluation, run_cli
@@ -51,9 +51,8 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     """Run the evaluation, print the summary, write the JSON if asked; return the document."""
     options.check()
     prompts = load_prompts(options.prompts_file)  # fail on a bad prompts file before any work
-    if options.judge is not None:
-        options.judge.check()
-        beginnings = judge_beginnings(options.judge, options.data, options.prompts_file, options.seed)
+    if options.judge is not None:  # a dead judge ends the run here, before anything is loaded
+        judge, splits = prepare_judge(options.judge, options.data, options.prompts_file, options.seed)
     loaded = load_for_evaluation(options.checkpoint, options.device, options.precision)
     print(f"Model: {loaded.path} ({loaded.model.num_parameters():,} parameters, context {loaded.config.max_seq_len})")
     started = time.perf_counter()
@@ -83,7 +82,7 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     judged = None
     if options.judge is not None:
         params = PRESETS[DEFAULT_PRESET].replace(max_new_tokens=options.max_new_tokens)
-        judged = judge_completions(generator, options.judge, beginnings, params, options.seed)
+        judged = judge_completions(generator, judge, splits, params, options.seed, options.judge.calibrate)
         print("\n".join(judge_lines(judged)))
 
     document = {
