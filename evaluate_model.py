@@ -6,74 +6,9 @@
 See `src/evaluation/` for what every score means.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from collections.abc import Sequence
 
-from src.data.cache import DEFAULT_CACHE_DIR
-from src.device import DEVICE_CHOICES, PRECISION_CHOICES
-from src.evaluation.evaluate import EvaluateOptions, run
-from src.evaluation.heldout import DEFAULT_VALIDATION_SOURCE
-from src.evaluation.judge import add_judge_arguments, judge_options
-from src.generation.presets import DEFAULT_PRESET, PRESETS
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="evaluate_model.py",
-        description="Measure a checkpoint: held-out loss / perplexity / bits per byte, then articles, "
-        "grammar (raw and post-processed), repetition and length of seeded generations.",
-    )
-    p.add_argument("--checkpoint", help="a .pth checkpoint (default: $CHECKPOINT_PATH, the newest "
-                   "training run's best, then the demo model)")
-    p.add_argument("--data", default=DEFAULT_VALIDATION_SOURCE,
-                   help="held-out text: a Hugging Face dataset[:split] or a local .txt/.jsonl/.json file or folder; "
-                   f"'none' skips the held-out part (default: {DEFAULT_VALIDATION_SOURCE})")
-    p.add_argument("--skip-perplexity", action="store_true", help="same as --data none")
-    p.add_argument("--max-windows", type=int, help="score only the first N context windows of the held-out text")
-    p.add_argument("--per-story", action="store_true",
-                   help="score each story on its own after the story-start token, as lm-evaluation-harness's "
-                   "loglikelihood_rolling does (default: every context window of the concatenated text)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help=f"token cache folder (default {DEFAULT_CACHE_DIR})")
-    p.add_argument("--prompts", help="file with one prompt per line (default: five built-in story openings)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
-                   help=f"sampling preset (default {DEFAULT_PRESET})")
-    p.add_argument("--num-samples", type=int, default=3, help="samples per prompt (default 3)")
-    p.add_argument("--seed", type=int, default=42, help="sample i of each prompt uses seed + i (default 42)")
-    p.add_argument("--max-tokens", type=int, default=200, help="new tokens per sample at most (default 200)")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
-                   help="weights: auto, fp32, bf16 or int8 (CPU); see generate.py --help")
-    add_judge_arguments(p)
-    p.add_argument("--json", metavar="OUT", help="write every number and every sample to this JSON file")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    skip = args.skip_perplexity or args.data.strip().lower() == "none"
-    options = EvaluateOptions(
-        checkpoint=args.checkpoint,
-        data=None if skip else args.data,
-        cache_dir=args.cache_dir,
-        max_windows=args.max_windows,
-        per_story=args.per_story,
-        batch_size=args.batch_size,
-        prompts_file=args.prompts,
-        preset=args.preset,
-        num_samples=args.num_samples,
-        seed=args.seed,
-        max_new_tokens=args.max_tokens,
-        device=args.device,
-        precision=args.precision,
-        json_path=args.json,
-        judge=judge_options(args),
-    )
-    return run(options)
-
+from src.evaluation.cli import evaluate_main as main
 
 if __name__ == "__main__":
     sys.exit(main())

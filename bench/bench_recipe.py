@@ -93,9 +93,9 @@ def count_parameters(config_path: str, overrides: list[str]) -> tuple[int, int]:
 
 def story_metrics(run_dir: Path) -> dict:
     """Articles, grammar and EOS share of the final model's stories (5 prompts x 3 seeds)."""
-    from src.evaluation.prompts import load_prompts
-    from src.evaluation.samples import generate_and_score
-    from src.evaluation.summary import summarize
+    from src.evaluation.stories import load_prompts
+    from src.evaluation.stories import generate_and_score
+    from src.evaluation.stories import summarize
     from src.generation.engine import Generator
     from src.model.checkpoint import load_model
 

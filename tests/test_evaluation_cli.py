@@ -8,7 +8,7 @@ import pytest
 
 import evaluate_model
 import evaluate_model_enhanced
-from src.evaluation.prompts import DEFAULT_PROMPTS
+from src.evaluation.stories import DEFAULT_PROMPTS
 from src.generation.presets import PRESETS
 from tests.conftest import REPO_ROOT, TINY_STORIES
 from tests.test_evaluation_heldout import write_validation_text

@@ -2,15 +2,15 @@
 
 import pytest
 
-from src.evaluation.articles import count_articles
-from src.evaluation.errors import EvaluationError
-from src.evaluation.grammar import CHECKS, score_grammar, starts_with_vowel_sound
-from src.evaluation.prompts import DEFAULT_PROMPTS, load_prompts
-from src.evaluation.repetition import distinct_n, longest_repeated_ngram, score_repetition
-from src.evaluation.samples import score_sample
-from src.evaluation.selection import best_preset, quality
-from src.evaluation.summary import summarize
-from src.evaluation.text import sentences, words
+from src.evaluation.metrics import count_articles
+from src.evaluation import EvaluationError
+from src.evaluation.metrics import CHECKS, score_grammar, starts_with_vowel_sound
+from src.evaluation.stories import DEFAULT_PROMPTS, load_prompts
+from src.evaluation.metrics import distinct_n, longest_repeated_ngram, score_repetition
+from src.evaluation.stories import score_sample
+from src.evaluation.compare import best_preset, quality
+from src.evaluation.stories import summarize
+from src.evaluation.metrics import sentences, words
 from src.generation.engine import GenerationResult
 from src.generation.postprocess import postprocess
 

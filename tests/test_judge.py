@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from src.evaluation.errors import EvaluationError
+from src.evaluation import EvaluationError
 from src.evaluation.judge import FIRST_TURN, SECOND_TURN, Judge, cut_mid_sentence, parse_grades
 from tests.conftest import REPO_ROOT, TINY_STORIES
 

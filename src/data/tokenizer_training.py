@@ -47,8 +47,8 @@ class TokenizerTrainingResult:
     sha256: str
 
 
-def train_tokenizer(config: TokenizerTrainingConfig) -> TokenizerTrainingResult:
-    """Check the arguments, stream the source into the trainer, save the tokenizer directory."""
+def check_config(config: TokenizerTrainingConfig) -> Path:
+    """The output directory, once every setting is known to be usable."""
     check_vocab_size(config.vocab_size)
     if config.max_samples is not None and config.max_samples < 1:
         raise TokenizerError(f"max_samples must be at least 1, got {config.max_samples}")
@@ -57,6 +57,12 @@ def train_tokenizer(config: TokenizerTrainingConfig) -> TokenizerTrainingResult:
     output_dir = Path(config.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise TokenizerError(f"output_dir {output_dir} exists and is not a directory")
+    return output_dir
+
+
+def train_tokenizer(config: TokenizerTrainingConfig) -> TokenizerTrainingResult:
+    """Check the arguments, stream the source into the trainer, save the tokenizer directory."""
+    output_dir = check_config(config)
     whole = open_source(config.data, split=config.split)
     source = whole.head(config.max_samples)
     file_bytes = whole.total_bytes()  # local files: the bar counts bytes read of them; else stories

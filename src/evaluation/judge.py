@@ -43,7 +43,7 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from src.atomic_files import atomic_write_text
-from src.evaluation.errors import EvaluationError
+from src.evaluation import EvaluationError
 
 # The paper's two turns (its Figure 3), word for word, typos included.
 FIRST_TURN = (
@@ -412,7 +412,7 @@ def judge_splits(options: JudgeOptions, data: str | None, prompts_file: str | No
     """(beginning, true rest or None) to complete: the first lines of --prompts, else stories of
     --data cut mid-sentence."""
     from src.data.sources import open_source
-    from src.evaluation.prompts import load_prompts
+    from src.evaluation.stories import load_prompts
 
     if prompts_file is not None:
         return [(prompt, None) for prompt in load_prompts(prompts_file)[:options.prompts]]
