@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -94,3 +98,52 @@ def native_library_or_skip():
         pytest.skip("needs the native decode step, which the system's C++ compiler builds (apt-get install g++, "
                     f"or set CXX); here: {native.unavailable()}")
     return lib
+
+
+# A stand-in OpenAI-compatible chat endpoint, for the judge's tests
+
+
+def completion(content: str) -> dict:
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}
+
+
+class Endpoint:
+    """An OpenAI-compatible chat endpoint whose every answer comes from `respond(body, n)`: a
+    (status, body bytes or JSON-able, seconds to wait first) triple; n counts the requests."""
+
+    def __init__(self, respond) -> None:
+        self.requests, self.headers = [], []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                endpoint.requests.append(body)
+                endpoint.headers.append({key.lower(): value for key, value in self.headers.items()})
+                status, payload, delay = respond(body, len(endpoint.requests))
+                time.sleep(delay)
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json" if not isinstance(payload, bytes)
+                                     else "text/html")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

@@ -8,61 +8,29 @@ import json
 import random
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from src.evaluation import EvaluationError
 from src.evaluation.judge import FIRST_TURN, SECOND_TURN, Judge, cut_mid_sentence, parse_grades
-from tests.conftest import REPO_ROOT, TINY_STORIES
+from tests.conftest import REPO_ROOT, TINY_STORIES, Endpoint, completion
 
 ASSESSMENT = "The student completes the split sentence and stays consistent with the beginning."
 
 
-class StandInJudge:
-    """An OpenAI-compatible /v1/chat/completions that records each request and answers the
-    second turn with the next of `grade_replies` (the last one repeats)."""
+def StandInJudge(grade_replies: list[str], status: int = 200) -> Endpoint:
+    """An endpoint that answers the first turn with ASSESSMENT and the second with the next of
+    `grade_replies` (the last one repeats), or every request with `status`."""
+    replies = list(grade_replies)
 
-    def __init__(self, grade_replies: list[str], status: int = 200) -> None:
-        self.requests: list[dict] = []
-        self.grade_replies = list(grade_replies)
-        judge = self
+    def respond(body, n):
+        if status != 200:
+            return status, {"error": {"message": "no", "type": "invalid_api_key"}}, 0
+        if len(body["messages"]) == 1:
+            return 200, completion(ASSESSMENT), 0
+        return 200, completion(replies.pop(0) if len(replies) > 1 else replies[0]), 0
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                judge.requests.append(body)
-                if status != 200:
-                    return self._send(status, {"error": {"message": "no", "type": "invalid_api_key"}})
-                turn = SECOND_TURN if len(body["messages"]) > 1 else None
-                content = (judge.grade_replies.pop(0) if len(judge.grade_replies) > 1 else judge.grade_replies[0]) \
-                    if turn else ASSESSMENT
-                self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": content}}]})
-
-            def _send(self, code, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+    return Endpoint(respond)
 
 
 GOOD = "Grammar: 8/10\nCreativity: 6/10\nConsistency: 9/10\nPlot: 7/10\nAge group: C (6-7)"

@@ -9,63 +9,14 @@ import random
 import statistics
 import subprocess
 import sys
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from src.evaluation import judge as judge_module
 from src.evaluation.judge import GRADES, Judge, JudgeFailure, calibration, judge_api_key, shuffled_words
-from tests.conftest import REPO_ROOT, TINY_STORIES
+from tests.conftest import REPO_ROOT, TINY_STORIES, Endpoint, completion
 
 GOOD = "Grammar: 8/10\nCreativity: 6/10\nConsistency: 9/10\nPlot: 7/10\nAge group: C (6-7)"
-
-
-def completion(content: str) -> dict:
-    return {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}
-
-
-class Endpoint:
-    """An OpenAI-compatible chat endpoint whose every answer comes from `respond(body, n)`: a
-    (status, body bytes or JSON-able, seconds to wait first) triple; n counts the requests."""
-
-    def __init__(self, respond) -> None:
-        self.requests, self.headers = [], []
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                endpoint.requests.append(body)
-                endpoint.headers.append({key.lower(): value for key, value in self.headers.items()})
-                status, payload, delay = respond(body, len(endpoint.requests))
-                time.sleep(delay)
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json" if not isinstance(payload, bytes)
-                                     else "text/html")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (a timeout)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def graded_reply(body: dict) -> dict:
