@@ -158,3 +158,29 @@ def test_qk_norm_normalizes_each_heads_queries_and_keys_and_counts_its_weights()
     with torch.no_grad():
         attention.qkv_proj.weight[: 2 * model.config.d_model] /= 10.0
     torch.testing.assert_close(model(ids), scaled, atol=1e-4, rtol=1e-4)
+
+
+def test_residual_dropout_without_attention_dropout_keeps_sdpa_dropout_free(monkeypatch):
+    """model.attention_dropout 0 with model.dropout > 0: the residual stream is regularized
+    (two training passes differ) while SDPA is asked for no dropout (its fast CPU kernel)."""
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def recording(*args, dropout_p=0.0, **kwargs):
+        seen.append(dropout_p)
+        return real(*args, dropout_p=dropout_p, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    ids = torch.randint(0, 64, (2, 16))
+    for attention_dropout, expected in ((0.0, 0.0), (None, 0.2)):
+        torch.manual_seed(0)
+        model = WikiMiniModel(ModelConfig.from_dict(tiny_model_config(dropout=0.2, attention_dropout=attention_dropout)))
+        model.train()
+        seen.clear()
+        first, second = model(ids), model(ids)
+        assert not torch.equal(first, second)  # dropout is on somewhere
+        assert seen and all(p == expected for p in seen)
+        model.eval()
+        assert torch.equal(model(ids), model(ids))
+    with pytest.raises(ConfigError, match="attention_dropout"):
+        ModelConfig.from_dict(tiny_model_config(attention_dropout=1.5))

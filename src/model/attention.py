@@ -30,7 +30,7 @@ class Attention(nn.Module):
         self.n_heads = config.n_heads
         self.n_kv_heads = config.kv_heads
         self.head_dim = config.head_dim
-        self.dropout = config.dropout
+        self.dropout = config.dropout if config.attention_dropout is None else config.attention_dropout
         # One matmul for q, k and v: fewer kernel launches, which matters most at batch 1.
         qkv_out = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
         self.qkv_proj = nn.Linear(config.d_model, qkv_out, bias=False)

@@ -41,7 +41,10 @@ class ModelConfig:
     max_seq_len: int = 512
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
-    dropout: float = 0.0
+    dropout: float = 0.0  # on the embeddings and the residual stream (each block's two branches)
+    # On the attention weights; None: the same as dropout. 0 keeps CPU attention on SDPA's fast
+    # kernel, which has no dropout, while the residual stream is still regularized.
+    attention_dropout: float | None = None
     tie_embeddings: bool = True
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE (Qwen3's layout)
 
@@ -68,8 +71,10 @@ class ModelConfig:
             )
         if self.d_ffn is not None and self.d_ffn <= 0:
             raise ConfigError(f"model.d_ffn must be positive, got {self.d_ffn}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {value}")
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             raise ConfigError("model.rope_theta and model.norm_eps must be positive")
 

@@ -143,7 +143,8 @@ def load_init_checkpoint(config: TrainConfig) -> InitCheckpoint:
                 "checkpoint's own tokenizer: set data.tokenizer to checkpoint (or to that tokenizer's directory)"
             )
     model = dict(checkpoint["config"]["model"])
-    model["dropout"] = config.model.dropout  # the one setting that belongs to the new run
+    for name in ("dropout", "attention_dropout"):  # the settings that belong to the new run
+        model[name] = getattr(config.model, name)
     config.model = ModelConfig.from_dict(model)
     return InitCheckpoint(tokenizer, checkpoint["model_state_dict"])
 
