@@ -122,8 +122,15 @@ def test_separator_less_text_is_read_in_bounded_pieces_with_a_warning(tmp_path):
 
 def test_tokenizer_chunks_are_bounded_by_text_size():
     stories = iter(["x" * 1000] * 100)
-    sizes = [sum(map(len, chunk)) for chunk in chunks(stories, max_stories=1000, max_chars=10_000)]
+    sizes = [sum(map(len, chunk)) for chunk, _ in chunks(stories, max_stories=1000, max_bytes=10_000)]
     assert sum(sizes) == 100_000 and max(sizes) <= 10_000 + 1000
+
+
+def test_tokenizer_chunks_are_bounded_in_bytes_not_characters():
+    """Four-byte characters are up to four tokens each: a chunk counts the bytes."""
+    stories = ["🙂" * 1000] * 100
+    sizes = [size for _, size in chunks(iter(stories), max_stories=1000, max_bytes=10_000)]
+    assert sum(sizes) == 400_000 and max(sizes) <= 10_000 + 4000
 
 
 # ---------------------------------------------------------------------------------------------

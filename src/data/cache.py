@@ -12,7 +12,9 @@ size with the wrong tokens would otherwise crash training with out-of-range ids)
 
 The build streams: chunks of stories go through `Tokenizer.encode_batch` (parallel in Rust) and
 are appended to a temp file that is renamed into place at the end, so memory stays flat as the
-corpus grows and an interrupted build leaves no half cache.
+corpus grows and an interrupted build leaves no half cache. A chunk is bounded in UTF-8 bytes,
+not characters: a byte is at most one token, and the encodings of a call cost tens of bytes per
+token, so text of many-byte characters (emoji, CJK) cannot make a chunk's encodings large.
 """
 
 from __future__ import annotations
@@ -39,20 +41,21 @@ from src.data.tokenizer import TokenizerError, eos_token_id, tokenizer_sha256
 CACHE_FORMAT_VERSION = 2  # 2: the sidecar records the tokens' sha256
 DEFAULT_CACHE_DIR = "data/cache"
 STORIES_PER_CHUNK = 2048  # stories per encode_batch call: big enough to keep all cores busy
-CHUNK_CHARS = 1 << 22  # ...and at most this much text per call, so memory stays bounded
+CHUNK_BYTES = 1 << 20  # ...and at most about this much UTF-8 text per call (so at most as many tokens)
 
 
-def chunks(stories: Iterator[str], max_stories: int, max_chars: int = CHUNK_CHARS) -> Iterator[list[str]]:
-    """Lists of consecutive stories, each list at most `max_stories` long and about `max_chars` big."""
-    chunk, chars = [], 0
+def chunks(stories: Iterator[str], max_stories: int, max_bytes: int = CHUNK_BYTES) -> Iterator[tuple[list[str], int]]:
+    """(stories, their UTF-8 bytes): consecutive stories, at most `max_stories` of them and
+    about `max_bytes` (one story more at most) per chunk."""
+    chunk, size = [], 0
     for story in stories:
         chunk.append(story)
-        chars += len(story)
-        if len(chunk) >= max_stories or chars >= max_chars:
-            yield chunk
-            chunk, chars = [], 0
+        size += len(story.encode("utf-8"))
+        if len(chunk) >= max_stories or size >= max_bytes:
+            yield chunk, size
+            chunk, size = [], 0
     if chunk:
-        yield chunk
+        yield chunk, size
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +159,17 @@ def file_sha256(path: Path, block: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def chunk_tokens(encode, chunk: list[str], dtype: np.dtype, eos: int | None, story_start_id: int | None) -> np.ndarray:
+    """A chunk's stories as one flat token array, each story followed by EOS (or preceded by
+    `story_start_id`). The encodings die on return, before the next chunk is encoded."""
+    encodings = encode(chunk, add_special_tokens=False)
+    if story_start_id is None:
+        story_ids = itertools.chain.from_iterable((e.ids, (eos,)) for e in encodings)
+    else:
+        story_ids = itertools.chain.from_iterable(((story_start_id,), e.ids) for e in encodings)
+    return np.fromiter(itertools.chain.from_iterable(story_ids), dtype=dtype)
+
+
 def build_token_cache(
     source: TextSource,
     tokenizer: Tokenizer,
@@ -184,16 +198,10 @@ def build_token_cache(
         disable=not show_progress,
     )
     with progress, atomic_output(bin_path) as tmp, open(tmp, "wb") as out:
-        for chunk in chunks(source.stories(), stories_per_chunk):
-            encodings = encode(chunk, add_special_tokens=False)
-            if story_start_id is None:
-                story_ids = itertools.chain.from_iterable((e.ids, (eos,)) for e in encodings)
-            else:
-                story_ids = itertools.chain.from_iterable(((story_start_id,), e.ids) for e in encodings)
-            ids = np.fromiter(itertools.chain.from_iterable(story_ids), dtype=dtype)
+        for chunk, chunk_bytes in chunks(source.stories(), stories_per_chunk):
+            ids = chunk_tokens(encode, chunk, dtype, eos, story_start_id)
             ids.tofile(out)
             digest.update(ids.tobytes())
-            chunk_bytes = sum(len(story.encode("utf-8")) for story in chunk)
             n_tokens += len(ids)
             n_stories += len(chunk)
             n_bytes += chunk_bytes
