@@ -11,7 +11,7 @@ from src.model.hf_convert import import_hf
 from src.model.transformer_block import WikiMiniModel
 from tests.conftest import REPO_ROOT, tiny_model_config
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers", reason="needs transformers (pip install -r requirements.txt)")
 
 
 @pytest.mark.parametrize("qk_norm", [False, True])

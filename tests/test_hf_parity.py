@@ -8,7 +8,7 @@ from src.model import WikiMiniModel
 from src.model.hf_convert import from_hf_model, to_hf_model
 from tests.conftest import tiny_model_config
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers", reason="needs transformers (pip install -r requirements.txt)")
 
 
 def _eager_llama(model):

@@ -431,7 +431,7 @@ def test_stories260k_greedy_matches_llama2c_published_sample(stories260k):
 
 @needs_stories260k
 def test_stories260k_logits_equal_transformers_from_our_hf_export(stories260k, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    transformers = pytest.importorskip("transformers", reason="needs transformers (pip install -r requirements.txt)")
     from src.model.hf_convert import export_checkpoint
 
     loaded = load_model(stories260k, precision="fp32")
@@ -446,7 +446,7 @@ def test_stories260k_logits_equal_transformers_from_our_hf_export(stories260k, t
 
 @needs_stories260k
 def test_stories260k_tokenizer_equals_sentencepiece_and_stories_end_at_bos(stories260k):
-    sentencepiece = pytest.importorskip("sentencepiece")
+    sentencepiece = pytest.importorskip("sentencepiece", reason="needs sentencepiece (pip install sentencepiece)")
     processor = sentencepiece.SentencePieceProcessor(model_file=str(STORIES260K / "tok512.model"))
     loaded = load_model(stories260k, precision="fp32")
     stories = list(TRICKY)

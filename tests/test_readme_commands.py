@@ -73,6 +73,8 @@ def test_every_skip_reason_says_what_is_needed_and_how_to_get_it():
                 continue
             name = getattr(node.func, "attr", getattr(node.func, "id", ""))
             texts = [kw.value for kw in node.keywords if kw.arg == "reason"]
+            if name == "importorskip" and not texts:  # pytest's own reason names only the module
+                reasons.append((path.name, f"importorskip({ast.unparse(node.args[0])}) without a reason"))
             if name == "skip" and node.args:
                 texts.append(node.args[0])
             for text in texts:

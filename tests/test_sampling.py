@@ -13,7 +13,8 @@ from src.generation.sampling import (
 from src.model import WikiMiniModel
 from tests.conftest import tiny_model_config
 
-logits_process = pytest.importorskip("transformers.generation.logits_process")
+logits_process = pytest.importorskip("transformers.generation.logits_process",
+                                     reason="needs transformers (pip install -r requirements.txt)")
 
 
 def seen_mask(context_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -114,7 +114,7 @@ def test_disconnect_frees_the_slot_and_queue_overflow_is_503(loaded, monkeypatch
 
 
 def test_official_openai_client_streamed_and_not(loaded):
-    openai = pytest.importorskip("openai")
+    openai = pytest.importorskip("openai", reason="needs the openai client (pip install -r requirements-dev.txt)")
     with LiveServer(create_app(loaded)) as live:
         client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused")
         model_id = client.models.list().data[0].id

@@ -15,7 +15,8 @@ def data(tmp_path_factory):
 
 
 def test_tensorboard_events_and_sample_stories_at_every_evaluation(data, tmp_path, capsys):
-    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
+                                            reason="needs TensorBoard (pip install -r requirements-dev.txt)")
     out = tmp_path / "run"
     overrides = smoke_overrides(data, out, training__max_steps=8, training__eval_interval=4, logging__plot=False,
                                 logging__tensorboard=True, logging__sample_max_tokens=12)
