@@ -142,6 +142,38 @@ def test_hub_dataset_names_and_streaming(monkeypatch):
         list(open_source("roneneldan/TinyStories:missing").stories())
 
 
+def offline_for_this_test_only(monkeypatch):
+    """Undo, after the test, what going offline sets: the variable and the libraries' flags."""
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # "0": not asked for; the test's end removes it again
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", huggingface_hub.constants.HF_HUB_OFFLINE)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", datasets.config.HF_HUB_OFFLINE)
+    monkeypatch.setattr(sources, "_hub_reachability", None)
+
+
+def test_datasets_streams_a_local_dataset_through_the_hub_path_even_offline(tmp_path, monkeypatch):
+    """The real `datasets.load_dataset` on a local dataset folder: read online, and again after
+    the one connect check found no network (datasets then runs offline)."""
+    import socket
+
+    folder = tmp_path / "local_dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"text": f" {s} "}) + "\n" for s in STORIES), encoding="utf-8")
+    hub_part = HubDataset(str(folder), "train")
+    monkeypatch.setattr(sources, "_hub_reachability", (True, "is reachable"))
+    assert list(sources.TextSource((hub_part,)).stories()) == STORIES
+
+    def no_network(address, timeout):
+        raise OSError(101, "Network is unreachable")
+
+    offline_for_this_test_only(monkeypatch)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    assert list(sources.TextSource((hub_part,)).stories()) == STORIES
+    assert sources.hub_reachable()[0] is False and os.environ["HF_HUB_OFFLINE"] == "1"
+
+
 def test_without_network_the_hub_is_asked_once_briefly_and_only_the_local_cache_is_used(monkeypatch):
     """No network: one short connect says so, then `datasets` runs offline (HF_HUB_OFFLINE
     semantics): a dataset cached before still loads, anything else fails at once, no retries."""
@@ -161,8 +193,7 @@ def test_without_network_the_hub_is_asked_once_briefly_and_only_the_local_cache_
             return [{"text": "A cached story."}]
         raise ConnectionError(f"Couldn't reach '{name}' on the Hub (LocalEntryNotFoundError)")
 
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(sources, "_hub_reachability", None)
+    offline_for_this_test_only(monkeypatch)
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(datasets, "load_dataset", cached_only)
     assert list(open_source("roneneldan/TinyStories:validation").stories()) == ["A cached story."]

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import socket
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -205,12 +206,11 @@ def hub_reachable() -> tuple[bool, str]:
         return _hub_reachability
     if hub_offline_requested():
         return False, "is disabled by HF_HUB_OFFLINE"
-    if _hub_reachability is None:
-        try:
-            with socket.create_connection(HUB_HOST, timeout=HUB_CONNECT_TIMEOUT_S):
-                _hub_reachability = True, "is reachable"
-        except OSError as exc:
-            _hub_reachability = False, f"is not reachable ({exc.strerror or type(exc).__name__})"
+    try:
+        with socket.create_connection(HUB_HOST, timeout=HUB_CONNECT_TIMEOUT_S):
+            _hub_reachability = True, "is reachable"
+    except OSError as exc:
+        _hub_reachability = False, f"is not reachable ({exc.strerror or type(exc).__name__})"
     return _hub_reachability
 
 
@@ -219,7 +219,7 @@ def _go_offline() -> None:
     before still loads, anything else fails at once."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     for module, name in (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE")):
-        loaded = __import__("sys").modules.get(module)
+        loaded = sys.modules.get(module)
         if loaded is not None:
             setattr(loaded, name, True)
 
