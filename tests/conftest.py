@@ -110,7 +110,8 @@ def completion(content: str) -> dict:
 
 class Endpoint:
     """An OpenAI-compatible chat endpoint whose every answer comes from `respond(body, n)`: a
-    (status, body bytes or JSON-able, seconds to wait first) triple; n counts the requests."""
+    (status, body bytes or JSON-able, seconds to wait first[, content type]) tuple; n counts the
+    requests. Bytes go out as text/html unless a content type is given."""
 
     def __init__(self, respond) -> None:
         self.requests, self.headers = [], []
@@ -121,13 +122,14 @@ class Endpoint:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 endpoint.requests.append(body)
                 endpoint.headers.append({key.lower(): value for key, value in self.headers.items()})
-                status, payload, delay = respond(body, len(endpoint.requests))
+                status, payload, delay, *named_type = respond(body, len(endpoint.requests))
                 time.sleep(delay)
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                content_type = named_type[0] if named_type else (
+                    "text/html" if isinstance(payload, bytes) else "application/json")
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json" if not isinstance(payload, bytes)
-                                     else "text/html")
+                    self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from src.evaluation import EvaluationError
-from src.evaluation.judge import FIRST_TURN, SECOND_TURN, Judge, cut_mid_sentence, parse_grades
+from src.evaluation.judge import FIRST_TURN, GRADE_FORMAT, SECOND_TURN, Judge, cut_mid_sentence, parse_grades
 from tests.conftest import REPO_ROOT, TINY_STORIES, Endpoint, completion
 
 ASSESSMENT = "The student completes the split sentence and stays consistent with the beginning."
@@ -85,14 +85,21 @@ def test_the_conversation_follows_the_paper_and_replies_are_cached(tmp_path):
                                "parse_failures": 0, "errors": {}}
 
 
-def test_an_unreadable_reply_is_asked_once_more_then_counted(tmp_path):
+def test_an_unreadable_reply_is_asked_once_more_with_the_format_spelled_out_then_counted(tmp_path):
     with StandInJudge(["no grades here", "still none", GOOD]) as stand_in:
         result = Judge(stand_in.url, "j", cache_dir=tmp_path, concurrency=1).grade(
             ["Tom saw a big"], [" dog."], progress=False).to_dict()
         grade_turns = [r for r in stand_in.requests if len(r["messages"]) == 3]
     assert len(grade_turns) == 2 and result["n"] == 0 and result["parse_failures"] == 1
+    assert grade_turns[0]["messages"][2]["content"] == SECOND_TURN
+    assert grade_turns[1]["messages"][2]["content"] == SECOND_TURN + GRADE_FORMAT
+    assert grade_turns[1]["messages"][:2] == grade_turns[0]["messages"][:2]
     assert result["grammar"] is None
     assert not list(tmp_path.glob("*.json")) or all("no grades" not in p.read_text() for p in tmp_path.glob("*.json"))
+    with StandInJudge(["prose, no grades", GOOD]) as stand_in:  # the spelled-out ask is answered
+        result = Judge(stand_in.url, "j", cache_dir=tmp_path / "b", concurrency=1).grade(
+            ["Tom saw a big"], [" dog."], progress=False).to_dict()
+    assert result["n"] == 1 and result["parse_failures"] == 0 and result["plot"] == 7.0
 
 
 def test_an_unreachable_judge_or_a_refused_key_is_one_clear_error(tmp_path):

@@ -4,16 +4,20 @@ only where they belong, and calibration on a stand-in that grades by a rule."""
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 import statistics
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
 from src.evaluation import judge as judge_module
-from src.evaluation.judge import GRADES, Judge, JudgeFailure, calibration, judge_api_key, shuffled_words
+from src.evaluation import EvaluationError
+from src.evaluation.judge import (GRADES, Judge, JudgeFailure, JudgeOptions, calibration, calibration_lines,
+                                  judge_api_key, prepare_judge, shuffled_words)
 from tests.conftest import REPO_ROOT, TINY_STORIES, Endpoint, completion
 
 GOOD = "Grammar: 8/10\nCreativity: 6/10\nConsistency: 9/10\nPlot: 7/10\nAge group: C (6-7)"
@@ -23,34 +27,40 @@ def graded_reply(body: dict) -> dict:
     return completion(GOOD if len(body["messages"]) > 1 else "A fine completion.")
 
 
-# Each failure, for the conversation whose beginning names it; every other one is answered well.
+# Each failure (its name: the reason it is counted under, the answer), for the conversation whose
+# beginning names it; every other one is answered well.
 FAILURES = {
-    "http_400": lambda body: (400, {"error": {"message": "request exceeds the available context size"}}, 0),
-    "http_500": lambda body: (500, {"error": {"message": "boom"}}, 0),
-    "timeout": lambda body: (200, completion(GOOD), 1.5),
-    "not_json": lambda body: (200, b"<html>proxy error</html>", 0),
-    "no_choices": lambda body: (200, {**completion(GOOD), "choices": []}, 0),
-    "too_long": lambda body: (200, completion("word " * 20000), 0),
+    "http_400": ("http_400", lambda: (400, {"error": {"message": "request exceeds the available context size"}}, 0)),
+    "http_500": ("http_500", lambda: (500, {"error": {"message": "boom"}}, 0)),
+    "timeout": ("timeout", lambda: (200, completion(GOOD), 1.5)),
+    "html": ("not_json", lambda: (200, b"<html>proxy error</html>", 0)),
+    "json_labelled_text": ("not_json", lambda: (200, b"upstream error", 0, "application/json")),
+    "empty_body": ("not_json", lambda: (200, b"", 0, "application/json")),
+    "no_choices": ("no_choices", lambda: (200, {**completion(GOOD), "choices": []}, 0)),
+    "choice_without_message": ("not_a_completion", lambda: (200, {**completion(GOOD), "choices": [1]}, 0)),
+    "content_not_text": ("not_a_completion", lambda: (200, {**completion(GOOD), "choices": [{"message": {"content": 5}}]},
+                                                      0)),
+    "too_long": ("too_long", lambda: (200, completion("word " * 20000), 0)),
 }
 
 
 def failing(body: dict, n: int):
     beginning = body["messages"][0]["content"]
-    for reason, answer in FAILURES.items():
-        if f"story {reason}" in beginning:
-            return answer(body)
+    for name, (_, answer) in FAILURES.items():
+        if f"story {name} and" in beginning:
+            return answer()
     return 200, graded_reply(body), 0
 
 
 def test_every_kind_of_bad_reply_is_retried_then_counted_and_the_run_finishes(tmp_path):
-    beginnings = [f"Once there was a story {reason} and a" for reason in FAILURES] + ["Tom saw a big", "Lily had a"]
+    beginnings = [f"Once there was a story {name} and a" for name in FAILURES] + ["Tom saw a big", "Lily had a"]
     with Endpoint(failing) as endpoint:
         judge = Judge(endpoint.url, "j", cache_dir=tmp_path, concurrency=4, timeout=0.5, max_tokens=64, backoff_s=0)
         result = judge.grade(beginnings, [" dog."] * len(beginnings), progress=False)
-        per_beginning = {reason: sum(f"story {reason}" in r["messages"][0]["content"] for r in endpoint.requests)
-                         for reason in FAILURES}
+        per_beginning = {name: sum(f"story {name} and" in r["messages"][0]["content"] for r in endpoint.requests)
+                         for name in FAILURES}
     summary = result.to_dict()
-    assert summary["errors"] == {reason: 1 for reason in FAILURES}
+    assert summary["errors"] == dict(collections.Counter(reason for reason, _ in FAILURES.values()))
     assert summary["n"] == 2 and summary["grammar"] == 8.0
     assert summary["n"] + summary["parse_failures"] + sum(summary["errors"].values()) == len(beginnings)
     assert all(count == judge_module.ATTEMPTS for count in per_beginning.values())  # retried, then counted
@@ -99,6 +109,7 @@ def test_a_run_against_a_failing_judge_finishes_and_reports_the_errors(tmp_path,
     assert judged["n"] + judged["parse_failures"] + sum(judged["errors"].values()) == 3
     assert judged["errors"] == {"http_400": 1, "not_json": 1} and judged["n"] == 1
     assert "errors: http_400 1, not_json 1" in proc.stdout and "Traceback" not in proc.stderr
+    assert "2 of 3 unanswered: a re-run asks the judge only for those" in proc.stdout
 
 
 def test_a_dead_judge_ends_the_run_with_exit_2_before_anything_is_generated(tmp_path, tiny_checkpoint):
@@ -117,6 +128,20 @@ def test_a_dead_judge_ends_the_run_with_exit_2_before_anything_is_generated(tmp_
         assert "Model:" not in proc.stdout  # nothing was loaded, let alone generated
 
 
+def test_a_cache_that_cannot_be_written_or_no_openai_client_is_one_error_before_any_request(tmp_path, monkeypatch):
+    stories = tmp_path / "stories.txt"
+    stories.write_text("".join(s + " " + s + "\n<|endoftext|>\n" for s in TINY_STORIES))
+    (tmp_path / "a_file").write_text("")
+    with Endpoint(failing) as endpoint:
+        options = JudgeOptions(endpoint.url, "j", prompts=2, cache_dir=str(tmp_path / "a_file" / "cache"))
+        with pytest.raises(EvaluationError, match="--judge-cache-dir .* cannot write there"):
+            prepare_judge(options, str(stories), None, seed=0)
+        monkeypatch.setitem(sys.modules, "openai", None)  # import openai fails
+        with pytest.raises(EvaluationError, match="pip install openai"):
+            prepare_judge(replace(options, cache_dir=str(tmp_path / "cache")), str(stories), None, seed=0)
+    assert endpoint.requests == []
+
+
 def test_a_refused_key_or_an_unknown_model_is_found_by_the_first_cheap_request(tmp_path):
     for status, message in ((401, "refused the key"), (404, "has no model")):
         with Endpoint(lambda body, n, status=status: (status, {"error": {"message": "no"}}, 0)) as endpoint:
@@ -127,6 +152,10 @@ def test_a_refused_key_or_an_unknown_model_is_found_by_the_first_cheap_request(t
 
 def test_an_openai_key_goes_to_openai_only(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-users-openai-key")
+    openai_account = {"OPENAI_ORG_ID": "org-users-org", "OPENAI_PROJECT_ID": "proj-users-project",
+                      "OPENAI_ADMIN_KEY": "sk-admin-users-key"}
+    for name, value in openai_account.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.delenv("JUDGE_API_KEY", raising=False)
     assert judge_api_key("https://api.openai.com/v1") == ("sk-users-openai-key", "OPENAI_API_KEY")
     assert judge_api_key("http://127.0.0.1:8080/v1") == (None, "no key")
@@ -138,7 +167,8 @@ def test_an_openai_key_goes_to_openai_only(tmp_path, monkeypatch):
         Judge(endpoint.url, "j", cache_dir=tmp_path / "c", api_key_env="MY_LOCAL_KEY").grade(
             ["Tom saw a big"], [" dog."], progress=False)
     sent = [h.get("authorization") for h in endpoint.headers]
-    assert all("sk-users-openai-key" not in (auth or "") for auth in sent)
+    every_header = " ".join(value for headers in endpoint.headers for value in headers.values())
+    assert not any(secret in every_header for secret in ("sk-users-openai-key", *openai_account.values()))
     assert sent[:2] == ["Bearer none"] * 2 and sent[2:4] == ["Bearer judge-key-1"] * 2
     assert sent[4:] == ["Bearer judge-key-2"] * 2
     cached = "".join(p.read_text() for p in tmp_path.rglob("*.json"))
@@ -192,6 +222,12 @@ def test_calibration_means_intervals_and_fitness_follow_the_grades(tmp_path):
     same = {kind: judge_module.JudgeResult("flat", [{**{g: 5.0 for g in GRADES}, "age_group": "B"}] * 4)
             for kind in ("true", "model", "shuffled")}
     assert calibration(same)["fit"] is False
+    # one story each is no evidence, however far apart its grades
+    one = {kind: judge_module.JudgeResult("one", [{**{g: grade for g in GRADES}, "age_group": "B"}])
+           for kind, grade in (("true", 9.0), ("model", 5.0), ("shuffled", 1.0))}
+    table = calibration(one)
+    assert table["fit"] is False and table["true"]["grammar"] == {"mean": 9.0, "low": None, "high": None}
+    assert "too few readable grades" in calibration_lines(table)[-1]
 
 
 def test_both_evaluators_calibrate_the_judge_and_report_it(tmp_path, tiny_checkpoint):

@@ -13,7 +13,8 @@ from typing import Any
 from src.atomic_files import atomic_output, atomic_write_text
 from src.evaluation import EvaluationError
 from src.evaluation.evaluate import fmt, load_for_evaluation, run_cli, write_json
-from src.evaluation.judge import GRADES, JudgeOptions, calibration_lines, judge_completions, prepare_judge
+from src.evaluation.judge import (GRADES, RERUN_NOTE, JudgeOptions, calibration_lines, judge_completions,
+                                  prepare_judge, unanswered)
 from src.evaluation.metrics import CHECKS
 from src.evaluation.stories import (
     GenerationSummary,
@@ -298,6 +299,8 @@ def judge_presets(generator, judge, splits, options: CompareOptions) -> dict[str
         judged[name] = judge_completions(generator, judge, splits, params, options.seed,
                                          options.judge.calibrate and index == 0)
     print(text_table(judge_rows(judged)))
+    if any(unanswered(summary) for summary in judged.values()):
+        print(f"Conversations with parse failures or errors: {RERUN_NOTE}")
     calibrated = judged[options.presets[0]].get("calibration")
     if calibrated:
         print(f"Judge calibration, beside preset {options.presets[0]!r}:")

@@ -10,18 +10,19 @@ through the `openai` client. One cheap request first checks the endpoint, key an
 dead judge ends the run before anything is generated. After that no single reply ends it: an
 error (HTTP 4xx/5xx, a timeout, a body that is not a completion, a reply over its size bound) is
 retried with backoff, then counted by reason; a reply whose grades cannot be read is asked for
-once more, then counted as a parse failure. Replies are cached on disk by judge model and
-conversation, so a re-run asks only for what is missing. Every reply is bounded (`max_tokens`),
-and the first turn's assessment is cut so the second turn still fits a small judge's context.
+once more, with the grades' format spelled out, then counted as a parse failure. Replies are
+cached on disk by judge model and conversation, so a re-run asks only for what is missing. Every
+reply is bounded (`max_tokens`), and the first turn's assessment is cut so the second turn still
+fits a small judge's context.
 
 A judge is only worth its grades if it can tell stories apart: `calibrate` grades the true rest
 of each story, the model's completion and the true rest with its words shuffled, and calls the
 judge fit when the true rest beats the shuffled one clearly on every grade. Grades depend on the
 judge: compare models only under the same judge.
 
-An OpenAI key (OPENAI_API_KEY) is sent only to OpenAI's own API; any other endpoint gets a key
-only from JUDGE_API_KEY or the variable `--judge-api-key-env` names. No key is ever logged,
-cached or reported.
+An OpenAI key (OPENAI_API_KEY, and the OPENAI_ORG_ID / OPENAI_PROJECT_ID the client would add)
+is sent only to OpenAI's own API; any other endpoint gets a key only from JUDGE_API_KEY or the
+variable `--judge-api-key-env` names. No key is ever logged, cached or reported.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import os
 import random
 import re
 import statistics
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +65,9 @@ SECOND_TURN = (
     "the student might be, as reflected from the completion. Choose from possible age groups: A: 3 or under. "
     "B: 4-5. C: 6-7. D: 8-9. E: 10-12. F: 13-16."
 )
+# Added to the second turn when its first reply held no readable grades.
+GRADE_FORMAT = ("\n\nAnswer in exactly this format, each grade a number from 1 to 10:\n"
+                "Grammar: N/10\nCreativity: N/10\nConsistency: N/10\nPlot: N/10\nAge group: a letter from A to F")
 GRADES = ("grammar", "creativity", "consistency", "plot")
 AGE_GROUPS = "ABCDEF"
 DEFAULT_CACHE_DIR = "data/judge_cache"
@@ -211,17 +217,23 @@ class Judge:
     def __init__(self, base_url: str, model: str, cache_dir: str | Path = DEFAULT_CACHE_DIR,
                  concurrency: int = 4, timeout: float = DEFAULT_TIMEOUT_S, api_key_env: str | None = None,
                  max_tokens: int = DEFAULT_MAX_TOKENS, backoff_s: float = BACKOFF_S) -> None:
-        import openai
+        try:
+            import openai
+        except ImportError:
+            raise EvaluationError("the judge talks through the openai client: pip install openai") from None
 
         self.model = model
         self.cache_dir = Path(cache_dir)
         self.concurrency = max(1, concurrency)
         self.max_tokens, self.backoff_s = max_tokens, backoff_s
+        self._cache_lock = threading.Lock()
         self.max_reply_chars = 4 * CHARS_PER_TOKEN * max_tokens  # a server that ignores max_tokens
         self.assessment_chars = CHARS_PER_TOKEN * max_tokens * 3 // 4  # what the second turn carries back
         key, self.key_source = judge_api_key(base_url, api_key_env)
         # the client insists on a key: a server that wants none is sent a placeholder
         self.client = openai.OpenAI(base_url=base_url, api_key=key or "none", timeout=timeout, max_retries=0)
+        if (urlparse(base_url).hostname or "").lower() != OPENAI_HOST:
+            self.client.organization = self.client.project = None  # OPENAI_ORG_ID / OPENAI_PROJECT_ID's
         self.url = str(self.client.base_url)
 
     def check_endpoint(self) -> None:
@@ -260,7 +272,8 @@ class Judge:
             return assessment
         second = first + [{"role": "assistant", "content": self._cut(assessment)},
                           {"role": "user", "content": SECOND_TURN}]
-        reply = self._ask(second, lambda text: parse_grades(text) is not None)
+        spelled_out = second[:-1] + [{"role": "user", "content": SECOND_TURN + GRADE_FORMAT}]
+        reply = self._ask(second, lambda text: parse_grades(text) is not None, again=spelled_out)
         return reply if isinstance(reply, Unanswered) else parse_grades(reply)
 
     def _cut(self, assessment: str) -> str:
@@ -271,29 +284,38 @@ class Judge:
         end = max(head.rfind(". "), head.rfind(".\n"))
         return head[:end + 1] if end > 0 else head
 
-    def _ask(self, messages: list[dict], usable: Callable[[str], bool]) -> str | Unanswered:
-        """The judge's reply (cached, if usable). An error is retried with backoff, an unusable
-        reply asked for once more; then the request is Unanswered, with the reason."""
-        key = hashlib.sha256(json.dumps([self.model, messages], sort_keys=True).encode()).hexdigest()
-        path = self.cache_dir / f"{key}.json"
-        if path.exists():
-            return json.loads(path.read_text(encoding="utf-8"))["reply"]
-        errors = unusable = 0
-        while True:
-            try:
-                reply = self._call(messages)
-            except BadReply as exc:
-                errors += 1
-                if errors >= ATTEMPTS:
-                    return Unanswered(exc.reason)
-                time.sleep(self.backoff_s * 2 ** (errors - 1))
-                continue
-            if usable(reply):
-                atomic_write_text(path, json.dumps({"model": self.model, "messages": messages, "reply": reply}))
+    def _ask(self, messages: list[dict], usable: Callable[[str], bool],
+             again: list[dict] | None = None) -> str | Unanswered:
+        """The judge's usable reply to `messages`, else to `again` (by default the same messages:
+        a judge that answers at temperature 0 says the same thing twice, so a caller may say
+        more); then the request is Unanswered, with the reason."""
+        for attempt in (messages, again or messages):
+            reply = self._reply(attempt)
+            if isinstance(reply, Unanswered):
                 return reply
-            unusable += 1
-            if unusable >= 2:
-                return Unanswered("parse_failure")
+            if usable(reply):
+                with self._cache_lock:  # two conversations alike (a story twice) share one temp name
+                    atomic_write_text(self._cache_path(attempt),
+                                      json.dumps({"model": self.model, "messages": attempt, "reply": reply}))
+                return reply
+        return Unanswered("parse_failure")
+
+    def _cache_path(self, messages: list[dict]) -> Path:
+        key = hashlib.sha256(json.dumps([self.model, messages], sort_keys=True).encode()).hexdigest()
+        return self.cache_dir / f"{key}.json"
+
+    def _reply(self, messages: list[dict]) -> str | Unanswered:
+        """The cached (usable) reply, else the judge's, each error retried with backoff up to
+        ATTEMPTS calls; then Unanswered with the last error's reason."""
+        if self._cache_path(messages).exists():
+            return json.loads(self._cache_path(messages).read_text(encoding="utf-8"))["reply"]
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return self._call(messages)
+            except BadReply as exc:
+                if attempt == ATTEMPTS:
+                    return Unanswered(exc.reason)
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
 
     def _call(self, messages: list[dict], max_tokens: int | None = None, timeout: float | None = None) -> str:
         """One request's reply text; BadReply for what a retry may fix, JudgeFailure for what it cannot."""
@@ -303,6 +325,8 @@ class Judge:
             response = self.client.chat.completions.create(
                 model=self.model, messages=messages, temperature=0, max_tokens=max_tokens or self.max_tokens,
                 timeout=timeout or openai.NOT_GIVEN)
+        except (json.JSONDecodeError, UnicodeDecodeError):  # a body labelled JSON that is not
+            raise BadReply("not_json") from None
         except openai.APITimeoutError:
             raise BadReply("timeout") from None
         except openai.APIConnectionError:
@@ -311,20 +335,27 @@ class Judge:
             raise JudgeFailure(f"the judge at {self.url} refused the key ({self.key_source}; set JUDGE_API_KEY or "
                                "--judge-api-key-env NAME for a key of your own)") from None
         except openai.NotFoundError:
-            raise JudgeFailure(f"the judge at {self.url} has no model {self.model!r}") from None
+            raise JudgeFailure(f"the judge at {self.url} has no model {self.model!r} (HTTP 404: check --judge-model, "
+                               "and that --judge-url ends in its API path, e.g. /v1)") from None
         except openai.APIStatusError as exc:
             raise BadReply(f"http_{exc.status_code}") from None
         except openai.APIResponseValidationError:
             raise BadReply("not_json") from None
-        choices = getattr(response, "choices", None)
-        if isinstance(response, str) or not hasattr(response, "choices"):
+        return self._text(response)
+
+    def _text(self, response) -> str:
+        """The first choice's text; BadReply when the body is no chat completion."""
+        if isinstance(response, (str, bytes, list)) or not hasattr(response, "choices"):
             raise BadReply("not_json")
-        if not choices:
+        if not response.choices:
             raise BadReply("no_choices")
-        content = getattr(getattr(choices[0], "message", None), "content", None) or ""
-        if len(content) > self.max_reply_chars:
+        message = getattr(response.choices[0], "message", None)
+        content = getattr(message, "content", None)
+        if message is None or not isinstance(content, (str, type(None))):
+            raise BadReply("not_a_completion")
+        if len(content or "") > self.max_reply_chars:
             raise BadReply("too_long")
-        return content
+        return content or ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,12 +363,12 @@ class Judge:
 
 
 def interval(values: Sequence[float]) -> dict:
-    """Mean and 95% interval (normal approximation) of `values`."""
-    if not values:
-        return {"mean": None, "low": None, "high": None}
-    mean = statistics.fmean(values)
-    half = 1.96 * statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-    return {"mean": round(mean, 3), "low": round(mean - half, 3), "high": round(mean + half, 3)}
+    """Mean and 95% interval (normal approximation) of `values`; no interval from fewer than two."""
+    mean = round(statistics.fmean(values), 3) if values else None
+    if len(values) < 2:
+        return {"mean": mean, "low": None, "high": None}
+    half = 1.96 * statistics.stdev(values) / len(values) ** 0.5
+    return {"mean": mean, "low": round(mean - half, 3), "high": round(mean + half, 3)}
 
 
 def calibration(results: dict[str, JudgeResult]) -> dict:
@@ -351,17 +382,31 @@ def calibration(results: dict[str, JudgeResult]) -> dict:
     return table
 
 
+def _cell(name: str, stats: dict) -> str:
+    if stats["low"] is not None:
+        return f"{name} {stats['mean']:.2f} [{stats['low']:.2f}-{stats['high']:.2f}]"
+    return f"{name} {stats['mean']:.2f}" if stats["mean"] is not None else f"{name} -"
+
+
 def calibration_lines(table: dict) -> list[str]:
     lines = ["  calibration (mean [95% interval]):"]
     for kind in ("true", "model", "shuffled"):
-        cells = ", ".join(f"{name} {table[kind][name]['mean']:.2f} [{table[kind][name]['low']:.2f}-"
-                          f"{table[kind][name]['high']:.2f}]" if table[kind][name]["mean"] is not None
-                          else f"{name} -" for name in GRADES)
-        lines.append(f"    {kind:8s} (n {table[kind]['n']}): {cells}")
-    lines.append("  fit to compare models: " + ("yes (the true rest beats the shuffled one on every grade)"
-                                               if table["fit"] else "NO: it cannot tell a story from its words "
-                                               "shuffled on every grade; use it for smoke tests only"))
-    return lines
+        lines.append(f"    {kind:8s} (n {table[kind]['n']}): " + ", ".join(_cell(g, table[kind][g]) for g in GRADES))
+    if table["fit"]:
+        verdict = "yes (the true rest beats the shuffled one on every grade)"
+    elif min(table["true"]["n"], table["shuffled"]["n"]) < 2:
+        verdict = "NO: too few readable grades to compare (it needs two or more of each); use it for smoke tests only"
+    else:
+        verdict = "NO: it cannot tell a story from its words shuffled on every grade; use it for smoke tests only"
+    return lines + ["  fit to compare models: " + verdict]
+
+
+RERUN_NOTE = "a re-run asks the judge only for those (answered replies are cached, see --judge-cache-dir)"
+
+
+def unanswered(summary: dict) -> int:
+    """Conversations without grades: parse failures and errors."""
+    return summary["parse_failures"] + sum(summary.get("errors", {}).values())
 
 
 def judge_lines(summary: dict) -> list[str]:
@@ -375,6 +420,8 @@ def judge_lines(summary: dict) -> list[str]:
         ages = " ".join(f"{group}:{count}" for group, count in summary["age_groups"].items() if count)
         lines = [f"Judge {summary['model']} ({summary['n']} stories, 1-10): {grades}",
                  f"  age groups {ages}; parse failures {summary['parse_failures']}; errors: {errors}"]
+    if unanswered(summary):
+        lines.append(f"  {unanswered(summary)} of {summary['n'] + unanswered(summary)} unanswered: {RERUN_NOTE}")
     if summary.get("calibration"):
         lines += calibration_lines(summary["calibration"])
     return lines
@@ -426,9 +473,20 @@ def prepare_judge(options: JudgeOptions, data: str | None, prompts_file: str | N
     """The checked judge and its story splits, before anything big is loaded or generated."""
     options.check(data, prompts_file)
     splits = judge_splits(options, data, prompts_file, seed)
+    check_writable(options.cache_dir)
     judge = options.judge()
     judge.check_endpoint()
     return judge, splits
+
+
+def check_writable(cache_dir: str) -> None:
+    """The reply cache must take files, or no re-run would be cheap: fail before any work."""
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache_dir):
+            pass
+    except OSError as exc:
+        raise EvaluationError(f"--judge-cache-dir {cache_dir}: cannot write there ({exc.strerror or exc})") from None
 
 
 def judge_completions(generator, judge: Judge, splits: Sequence[tuple[str, str | None]], params, seed: int,
