@@ -117,12 +117,10 @@ def test_a_dead_judge_ends_the_run_with_exit_2_before_anything_is_generated(tmp_
     stories.write_text("".join(s + " " + s + "\n<|endoftext|>\n" for s in TINY_STORIES))
     with Endpoint(failing) as endpoint:
         dead = endpoint.url  # closed when the block ends
-    for script in ("evaluate_model.py", "evaluate_model_enhanced.py"):
-        proc = run([script, "--checkpoint", str(tiny_checkpoint), "--data", str(stories), "--judge-url", dead,
-                    "--judge-model", "x", "--judge-prompts", "2", "--out-dir", str(tmp_path / "out")]
-                   if script.endswith("enhanced.py") else
-                   [script, "--checkpoint", str(tiny_checkpoint), "--data", str(stories), "--judge-url", dead,
-                    "--judge-model", "x", "--judge-prompts", "2"])
+    flags = ["--checkpoint", str(tiny_checkpoint), "--data", str(stories), "--judge-url", dead, "--judge-model", "x",
+             "--judge-prompts", "2", "--judge-cache-dir", str(tmp_path / "cache")]
+    for script, out in (("evaluate_model.py", []), ("evaluate_model_enhanced.py", ["--out-dir", str(tmp_path / "out")])):
+        proc = run([script, *flags, *out])
         assert proc.returncode == 2, proc.stderr
         assert "cannot be reached" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
         assert "Model:" not in proc.stdout  # nothing was loaded, let alone generated
