@@ -3,6 +3,7 @@ sends a newcomer to a usage error)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -104,7 +105,7 @@ def test_the_quick_start_makes_a_virtual_environment_and_the_tests_say_how_long_
 
 def test_the_first_pre_flight_and_training_examples_run_without_network(tmp_path):
     text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    env = dict(__import__("os").environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
     for script, extra in (("test_training_setup.py", []),
                           ("train.py", ["--set", f"training.output_dir={tmp_path / 'run'}", "--set",
                                         f"data.cache_dir={tmp_path / 'cache'}", "--set", "training.max_steps=3"])):
