@@ -48,7 +48,7 @@ def build(monkeypatch):
     return select
 
 
-def native_matmul(lib, linear: torch.Tensor | tuple, x: torch.Tensor) -> torch.Tensor:
+def native_matmul(lib, linear: torch.Tensor | tuple, x: torch.Tensor, threads: int = 1) -> torch.Tensor:
     """y = x @ w^T through the build's matmul: `linear` is a float32 weight or (int8, scales)."""
     keep = []
 
@@ -61,7 +61,7 @@ def native_matmul(lib, linear: torch.Tensor | tuple, x: torch.Tensor) -> torch.T
     else:
         matrix = native.Matrix(ptr(linear), None, None, None, *linear.shape)
     y = torch.empty(x.shape[0], matrix.out, dtype=torch.float32)
-    lib.native_matmul(matrix, x.shape[0], x.data_ptr(), y.data_ptr(), 1)
+    lib.native_matmul(matrix, x.shape[0], x.data_ptr(), y.data_ptr(), threads)
     return y
 
 
@@ -91,6 +91,7 @@ def test_each_int8_kernel_equals_pytorch_and_the_plain_loop_exactly(build, name,
         got = native_matmul(lib, (q8, scales), x)
         assert torch.equal(got, int8_reference(q8, scales, x))
         assert torch.equal(got, native_matmul(scalar, (q8, scales), x))
+        assert torch.equal(got, native_matmul(lib, (q8, scales), x, threads=3))  # blocks split over threads
         torch.testing.assert_close(native_matmul(lib, weight, x), x @ weight.T, rtol=1e-5, atol=1e-5)
 
 
@@ -178,3 +179,28 @@ def test_the_generator_builds_the_native_step_before_any_story_is_timed(monkeypa
     monkeypatch.setattr(native, "library", lambda: calls.append(decode))
     Generator(WikiMiniModel(tiny_model_config()).eval(), tokenizer, decode=decode)
     assert bool(calls) is builds
+
+
+def test_a_call_takes_a_thread_per_bytes_per_thread_of_weights_and_the_threads_agree(monkeypatch, tokenizer):
+    """A lone story on a small model runs on one thread (a second waits on a core that another
+    process may hold); more rows or bigger weights take more, up to torch's count; and a step
+    split over threads gives the tokens one thread gives."""
+    native_library_or_skip()
+    torch.manual_seed(0)
+    model = WikiMiniModel(tiny_model_config(max_seq_len=32)).eval()
+    int8 = quantize_int8(copy.deepcopy(model), torch.float32)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    float_step = native.native_step(model, model.new_kv_cache(rows=1, dtype=torch.float32))
+    int8_step = native.native_step(int8, int8.new_kv_cache(rows=1, dtype=torch.float32))
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert float_step.weight_bytes == 4 * sum(m.weight.numel() for m in linears)
+    assert int8_step.weight_bytes == sum(m.weight.numel() for m in linears)
+    assert float_step.threads(1) == int8_step.threads(1) == 1
+    rows_for_two = -(-2 * native.BYTES_PER_THREAD // int8_step.weight_bytes)
+    assert int8_step.threads(rows_for_two - 1) == 1 and int8_step.threads(rows_for_two) == 2
+    assert int8_step.threads(100 * rows_for_two) == 2  # never more than torch's threads
+
+    params = SamplingParams(temperature=0.8, top_k=20, max_new_tokens=24, stop_at_eos=False, seed=5)
+    one = Generator(int8, tokenizer).generate("Once upon a time", params).token_ids
+    monkeypatch.setattr(native, "BYTES_PER_THREAD", 1)
+    assert Generator(int8, tokenizer).generate("Once upon a time", params).token_ids == one

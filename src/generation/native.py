@@ -212,6 +212,7 @@ class PackedWeights:
 
     def __init__(self, model: WikiMiniModel) -> None:
         self._keep: list[torch.Tensor] = []  # every tensor a pointer refers to, kept alive here
+        self.matrix_bytes = 0  # what one step reads of the linear layers' weights
         config = model.config
         self.layers = [
             (self._f32(block.attention_norm.weight), self._f32(block.ffn_norm.weight),
@@ -235,9 +236,11 @@ class PackedWeights:
     def _matrix(self, linear: torch.nn.Module) -> Matrix:
         if isinstance(linear, Int8Linear):
             q8 = linear.weight_int8
+            self.matrix_bytes += q8.numel()
             return Matrix(None, self._ptr(q8), self._f32(linear.scales), self._ptr(q8.sum(1, dtype=torch.int32)),
                           q8.shape[0], q8.shape[1])
         weight = linear.weight.detach()
+        self.matrix_bytes += 4 * weight.numel()
         return Matrix(self._f32(weight), None, None, None, weight.shape[0], weight.shape[1])
 
 
@@ -250,10 +253,17 @@ def packed_weights(model: WikiMiniModel) -> PackedWeights:
     return _packed[model]
 
 
+BYTES_PER_THREAD = 4 << 20  # a call's weight bytes read (times its rows) that pay for one more thread
+
+
 class NativeStep:
     """`step(tokens, positions)` -> logits (rows, V) float32, the new keys/values written into
     `cache` rows 0..rows-1 at `positions`: what `model(ids, kv_cache=cache, input_pos=...)` does
-    for one token per row."""
+    for one token per row.
+
+    A call uses up to `torch.get_num_threads()` threads, one per BYTES_PER_THREAD of work: a lone
+    story on a model of a few MB runs on one, since a second costs more in hand-offs than it
+    saves, and waits on a busy core whenever another process (a training run) holds it."""
 
     def __init__(self, lib: ctypes.CDLL, model: WikiMiniModel, cache: KVCache) -> None:
         config = model.config
@@ -271,7 +281,12 @@ class NativeStep:
                            weights.norm, cos.data_ptr(), sin.data_ptr(), weights.output, layers)
         self.vocab_size = config.vocab_size
         self.cache = cache
+        self.weight_bytes = weights.matrix_bytes
         self._logits: torch.Tensor | None = None
+
+    def threads(self, rows: int) -> int:
+        """Threads for a call over `rows` tokens."""
+        return max(1, min(torch.get_num_threads(), rows * self.weight_bytes // BYTES_PER_THREAD))
 
     def __call__(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
         """Logits (rows, V) for one token per row, row i's token at position positions[i] (below
@@ -292,7 +307,7 @@ class NativeStep:
         taken = self._lib.native_decode_steps(
             ctypes.byref(self._spec), rows, int64s(*inputs), int64s(*positions), self._logits.data_ptr(),
             seen.data_ptr(), sampler.rows, int64s(*stop_tokens), int64s(*budgets), max_position, steps, out,
-            torch.get_num_threads())
+            self.threads(rows))
         if taken < 0:
             raise ValueError(f"native decode step: a token id or position is out of range ({inputs}, {positions})")
         return [out[s * rows:(s + 1) * rows] for s in range(taken)]
@@ -312,7 +327,7 @@ class NativeStep:
         status = self._lib.native_decode_step(ctypes.byref(self._spec), rows, (ctypes.c_int64 * rows)(*tokens),
                                               (ctypes.c_int64 * rows)(*positions),
                                               None if cache_rows is None else (ctypes.c_int64 * rows)(*cache_rows),
-                                              logits_from, logits.data_ptr(), torch.get_num_threads())
+                                              logits_from, logits.data_ptr(), self.threads(rows))
         if status != 0:
             raise ValueError(f"native decode step: a token id or position is out of range ({tokens}, {positions})")
         return logits

@@ -5,9 +5,10 @@
 // quantized to signed 8 bits and multiplied with the int8 weights in integer dot products, with
 // one kernel per instruction set (AVX512-VNNI, AVX-VNNI, AVX2, NEON with and without the dot
 // product extension, and a plain loop that every other CPU compiles). A prompt is prefilled by
-// the same call, its tokens as rows of one cache row. Sampling and the cache's bookkeeping stay in
-// PyTorch (src/generation/native.py); this file writes each row's new key/value into the same
-// cache tensors and returns the logits.
+// the same call, its tokens as rows of one cache row. Each row's next token is drawn here too
+// (`native_sample`), and `native_decode_steps` runs several steps and draws in one call; the cache's
+// bookkeeping stays in Python (src/generation/native.py), and each step writes every row's new
+// key/value into the cache tensors that PyTorch allocated.
 //
 // Built per machine (-march=native, or -mcpu=native on ARM) with OpenMP where the compiler has it
 // (the libgomp that torch has already loaded).
@@ -264,13 +265,26 @@ void attend(float* o, const float* q, const float* keys, const float* values, fl
     for (int64_t i = 0; i < hd; i++) o[i] = acc[i] * inv;
 }
 
+// body(i) for i in 0..n-1, split over `threads` in OpenMP's static schedule. One thread calls it
+// directly: an OpenMP region that its `if` clause turns off still costs a call into libgomp,
+// and a step makes about twenty of them.
+template <typename Body>
+inline void parallel_for(int64_t n, int threads, const Body& body) {
+    if (threads > 1 && n > 1) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t i = 0; i < n; i++) body(i);
+    } else {
+        for (int64_t i = 0; i < n; i++) body(i);
+    }
+}
+
 // y (rows, w.out) = x (rows, w.in) @ w^T
 void matmul(float* y, const float* x, const Matrix& w, int64_t rows, int threads) {
     const int64_t in = w.in, out = w.out;
     if (w.q8 == nullptr) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-        for (int64_t o = 0; o < out; o++)
+        parallel_for(out, threads, [&](int64_t o) {
             for (int64_t r = 0; r < rows; r++) y[r * out + o] = dot_f32(x + r * in, w.f32 + o * in, in);
+        });
         return;
     }
     // Each activation row to 8 bits: q = round(x / s), s = max|x| / 127.
@@ -297,12 +311,12 @@ void matmul(float* y, const float* x, const Matrix& w, int64_t rows, int threads
     // Weights larger than the caches (the 24.5M reference model's) stream in far faster when each
     // block asks for the one PREFETCH_BLOCKS ahead than with the hardware prefetcher alone.
     constexpr int64_t PREFETCH_BLOCKS = 4;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t b = 0; b < blocks; b++) {
+    parallel_for(blocks, threads, [&](int64_t b) {
         const int64_t o0 = 4 * b, n_out = out - o0 < 4 ? out - o0 : 4;
         const int8_t* wb = w.q8 + o0 * in;
         int32_t offset[4] = {0, 0, 0, 0};  // the stored activations' offset times each row's sum
-        for (int64_t k = 0; k < n_out; k++) offset[k] = ACTIVATION_OFFSET * w.row_sum[o0 + k];
+        if constexpr (ACTIVATION_OFFSET != 0)
+            for (int64_t k = 0; k < n_out; k++) offset[k] = ACTIVATION_OFFSET * w.row_sum[o0 + k];
         if (b + PREFETCH_BLOCKS < blocks)  // a prefetch is a hint: past the end it does not fault
             for (int64_t j = 0; j < 4 * in; j += 64) __builtin_prefetch(wb + PREFETCH_BLOCKS * 4 * in + j);
         for (int64_t r = 0; r < rows; r++) {
@@ -314,7 +328,7 @@ void matmul(float* y, const float* x, const Matrix& w, int64_t rows, int threads
             for (int64_t k = 0; k < n_out; k++)
                 y[r * out + o0 + k] = float(dots[k] - offset[k]) * w.scale[o0 + k] * xs[r];
         }
-    }
+    });
 }
 
 // Rotate-half RoPE (Hugging Face's layout) of one head at one position.
@@ -453,8 +467,7 @@ extern "C" int native_decode_step(const Model* m, int64_t rows, const int64_t* t
         }
         // Attention of each (row, head) over its row's positions 0..pos, softmax in float32.
         float* score_base = score_buf.data();  // this thread's scratch, shared with the team
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows * nh > 1)
-        for (int64_t rh = 0; rh < rows * nh; rh++) {
+        parallel_for(rows * nh, threads, [&](int64_t rh) {
             const int64_t r = rh / nh, h = rh % nh, kvh = h / (nh / nkv);
             const int64_t at = ((cache_rows ? cache_rows[r] : r) * nkv + kvh) * cap * hd;
             float* o = att + r * q_size + h * hd;
@@ -465,7 +478,7 @@ extern "C" int native_decode_step(const Model* m, int64_t rows, const int64_t* t
                 case 64: attend<64>(o, q, layer.keys + at, layer.values + at, scores, positions[r] + 1, hd); break;
                 default: attend<0>(o, q, layer.keys + at, layer.values + at, scores, positions[r] + 1, hd);
             }
-        }
+        });
         matmul(xb, att, layer.out, rows, threads);
         for (int64_t i = 0; i < rows * dim; i++) x[i] += xb[i];
 
