@@ -212,3 +212,83 @@ def test_tokens_that_arrive_together_go_out_as_one_delta(loaded):
     assert result.text == loaded.tokenizer.decode(ids) and result.token_ids == ids and result.finish_reason == "eos"
     values = {m.name: m.samples for m in service.metrics.registry.collect()}
     assert values["tinystories_generated_tokens"][0].value == len(ids)
+
+
+def test_a_story_is_submitted_before_its_response_starts_when_a_slot_is_free(loaded):
+    """The prefill then runs while the response starts. Without a free slot, the request waits
+    for one and is submitted only then; closing a story that never ran frees its slot."""
+    import asyncio
+
+    from src.generation.presets import PRESETS
+    from src.server.decode_loop import Finished
+    from src.server.service import StoryService
+
+    service = StoryService(loaded, ServerSettings(engine="thread", max_concurrent=1, max_queue=1))
+    submitted = []
+
+    def submit(request):
+        submitted.append(request)
+        queue = asyncio.Queue()
+        queue.put_nowait(Finished("eos"))
+        return queue
+
+    async def run() -> None:
+        service.engine.submit, service.engine.cancel = submit, lambda request: None
+        prompt = service.text_prompt("Once", openai=False)
+        first = service.generate(prompt, PRESETS["balanced"], service.limiter.reserve())
+        assert len(submitted) == 1 and service.limiter.active == 1  # at once: the slot was free
+        second = service.generate(prompt, PRESETS["balanced"], service.limiter.reserve())
+        assert len(submitted) == 1 and service.limiter.waiting == 1  # queued behind the first
+        waiting = asyncio.ensure_future(anext(aiter(second)))
+        await asyncio.sleep(0)
+        assert len(submitted) == 1
+        await first.aclose()  # never iterated: its slot passes to the queued story
+        assert (await waiting).finish_reason == "eos" and len(submitted) == 2
+        await second.aclose()
+        assert service.limiter.active == 0 and service.limiter.reserved == 0
+
+    asyncio.run(run())
+    service.close()
+
+
+def test_an_idle_stream_is_pinged_and_a_client_that_leaves_frees_its_story(monkeypatch):
+    """A client waiting with nothing to read gets a comment line every PING_S; one that
+    disconnects before any event cancels the stream, and its close still runs."""
+    import asyncio
+
+    from src.server import sse
+
+    monkeypatch.setattr(sse, "PING_S", 0.05)
+
+    async def run(disconnect_after: float | None) -> tuple[list[bytes], list[str]]:
+        sent, closed, release = [], [], asyncio.Event()
+
+        async def events():
+            await release.wait()
+            yield "1"
+
+        async def receive():
+            if disconnect_after is None:
+                await asyncio.Event().wait()
+            await asyncio.sleep(disconnect_after)
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message.get("body", b"start"))
+
+        async def on_close():
+            closed.append("closed")
+
+        response = sse.EventStream(events(), on_close)
+        task = asyncio.ensure_future(response({"type": "http"}, receive, send))
+        if disconnect_after is None:
+            await asyncio.sleep(0.18)
+            release.set()
+        await asyncio.wait_for(task, 5)
+        return sent, closed
+
+    sent, closed = asyncio.run(run(None))
+    assert sent[0] == b"start" and sent.count(b": ping\n\n") >= 2 and sent[-2:] == [b"data: 1\n\n", b""]
+    assert closed == ["closed"]
+    sent, closed = asyncio.run(run(0.01))
+    assert sent == [b"start"] and closed == ["closed"]  # no event, no error: the client is gone

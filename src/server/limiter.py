@@ -53,9 +53,15 @@ class SlotLimiter:
         self.reserved += 1
         return Ticket(self)
 
-    async def acquire_slot(self) -> None:
-        if self.active < self.max_active and not self._waiters:
+    def take_free_slot(self) -> bool:
+        """Take a slot if one is free and nobody waits for it."""
+        if self.closed is None and self.active < self.max_active and not self._waiters:
             self.active += 1
+            return True
+        return False
+
+    async def acquire_slot(self) -> None:
+        if self.take_free_slot():
             return
         started = time.monotonic()
         future = asyncio.get_running_loop().create_future()
@@ -97,7 +103,15 @@ class Ticket:
         self.released = False
         self.running = False
 
+    def take_free_slot(self) -> bool:
+        """Hold a slot now if one is free (then `async with` does not wait); whether it holds one."""
+        if not self.running and not self.released and self.limiter.take_free_slot():
+            self.running = True
+        return self.running
+
     async def __aenter__(self) -> Ticket:
+        if self.running:
+            return self
         try:
             await self.limiter.acquire_slot()
         except BaseException:  # cancelled while queued: the place is given up

@@ -14,8 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
-import anyio
-
 from src.generation.batch import Request
 from src.generation.engine import Generator
 from src.generation.presets import PRESETS, SAMPLING_KEYS, SamplingParams
@@ -67,17 +65,24 @@ class StoryService:
         self.engine = make_engine(loaded, settings)
         self.metrics = ServerMetrics(active=lambda: self.limiter.active, queued=lambda: self.limiter.waiting)
         self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")  # one prefill at a time
-        self.shutdown = anyio.Event()  # set by sse-starlette when uvicorn is told to stop
+        self.shutdown = asyncio.Event()  # set by `stop` when the server is told to stop
         # No prompt longer than this many characters can fit the context, whatever its text.
         self.max_prompt_chars = self.context * max(len(t) for t in loaded.tokenizer.get_vocab())
         self._watcher: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifetime ---------------------------------------------------------------------------
 
     def start(self) -> None:
         """On the event loop: start the decode engine and the shutdown watcher."""
         self.engine.start()
-        self._watcher = asyncio.get_running_loop().create_task(self._end_streams_on_shutdown())
+        self._loop = asyncio.get_running_loop()
+        self._watcher = self._loop.create_task(self._end_streams_on_shutdown())
+
+    def stop(self) -> None:
+        """The server is told to stop (a signal handler may call this): end every stream."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.shutdown.set)
 
     def close(self) -> None:
         if self._watcher is not None:
@@ -122,44 +127,10 @@ class StoryService:
         except ShuttingDown as exc:
             raise ApiError(503, str(exc), openai) from None
 
-    async def generate(self, prompt: PromptTokens, params: SamplingParams, ticket: Ticket,
-                       stops: list[str] | None = None) -> AsyncIterator[str | GenerationResult]:
-        """Text deltas, then the GenerationResult. Waits for a slot first; frees it however it ends."""
-        async with ticket:
-            seed = self.generator.seed_for(params)
-            request = Request(prompt.window, prompt.ids, params, seed)
-            text = self.generator.story_text(prompt.text, prompt.ids, seed, stops)
-            tokens = self.engine.submit(request)
-            self.metrics.requests.inc()
-            self.metrics.prompt_tokens.inc(len(prompt.ids))
-            last = time.perf_counter()
-            try:
-                while text.finish_reason is None:
-                    # Tokens that arrived while the previous delta was being sent go out as one
-                    # delta: when the client or this loop falls behind the decoder, it catches up.
-                    items = [await tokens.get()]
-                    while not tokens.empty():
-                        items.append(tokens.get_nowait())
-                    if isinstance(items[-1], BaseException):  # an error is a stream's last item
-                        raise items[-1]
-                    ids = [item for item in items if isinstance(item, int)]
-                    finished = items[-1].reason if isinstance(items[-1], Finished) else None
-                    delta = text.extend(ids, finished)
-                    self._count_tokens(len(ids), last)
-                    last = time.perf_counter()
-                    if delta:
-                        yield delta
-            finally:
-                self.engine.cancel(request)  # stops decoding when we leave early (disconnect, stop sequence)
-            yield text.result()
-
-    def _count_tokens(self, n_tokens: int, since: float) -> None:
-        """Count `n_tokens` that arrived together, each `1/n` of the time since the last ones."""
-        if n_tokens:
-            self.metrics.generated_tokens.inc(n_tokens)
-            interval = (time.perf_counter() - since) / n_tokens
-            for _ in range(n_tokens):
-                self.metrics.step_seconds.observe(interval)
+    def generate(self, prompt: PromptTokens, params: SamplingParams, ticket: Ticket,
+                 stops: list[str] | None = None) -> Generation:
+        """One story: `async for` its text deltas, then the GenerationResult."""
+        return Generation(self, prompt, params, ticket, stops)
 
     async def score(self, sequences: list[list[int]], top_k: int) -> list[TokenScores]:
         """Log-probabilities of each sequence, on the scoring thread (one prefill per batch of
@@ -203,3 +174,73 @@ class StoryService:
         if engine.failure is not None:
             body["error"] = engine.failure
         return (200 if status == "ok" else 503), body
+
+
+class Generation:
+    """One story as text deltas, then its GenerationResult (`async for`).
+
+    The request goes to the engine as soon as the generation is made when a slot is free, so
+    its prefill runs while the response starts; else once the ticket gets a slot. `aclose`
+    stops decoding and frees the slot, whether or not the iteration ever ran."""
+
+    def __init__(self, service: StoryService, prompt: PromptTokens, params: SamplingParams, ticket: Ticket,
+                 stops: list[str] | None) -> None:
+        self._service, self._ticket = service, ticket
+        seed = service.generator.seed_for(params)
+        self._request = Request(prompt.window, prompt.ids, params, seed)
+        self._text = service.generator.story_text(prompt.text, prompt.ids, seed, stops)
+        self._tokens: asyncio.Queue | None = None
+        if ticket.take_free_slot():
+            try:
+                self._tokens = self._submit()
+            except EngineUnavailable:
+                pass  # raised again when iterated: the stream reports it
+        self._items = self._deltas()
+
+    def __aiter__(self) -> AsyncIterator[str | GenerationResult]:
+        return self._items
+
+    async def aclose(self) -> None:
+        await self._items.aclose()
+        self._service.engine.cancel(self._request)
+        self._ticket.release()
+
+    def _submit(self) -> asyncio.Queue:
+        tokens = self._service.engine.submit(self._request)
+        self._service.metrics.requests.inc()
+        self._service.metrics.prompt_tokens.inc(len(self._request.penalty_ids))
+        return tokens
+
+    async def _deltas(self) -> AsyncIterator[str | GenerationResult]:
+        text, metrics = self._text, self._service.metrics
+        async with self._ticket:  # waits for a slot unless it has one
+            tokens = self._tokens = self._tokens or self._submit()
+            last = time.perf_counter()
+            try:
+                while text.finish_reason is None:
+                    # Tokens that arrived while the previous delta was being sent go out as one
+                    # delta: when the client or this loop falls behind the decoder, it catches up.
+                    items = [await tokens.get()]
+                    while not tokens.empty():
+                        items.append(tokens.get_nowait())
+                    if isinstance(items[-1], BaseException):  # an error is a stream's last item
+                        raise items[-1]
+                    ids = [item for item in items if isinstance(item, int)]
+                    finished = items[-1].reason if isinstance(items[-1], Finished) else None
+                    delta = text.extend(ids, finished)
+                    count_tokens(metrics, len(ids), last)
+                    last = time.perf_counter()
+                    if delta:
+                        yield delta
+            finally:
+                self._service.engine.cancel(self._request)  # stops decoding when we leave early
+            yield text.result()
+
+
+def count_tokens(metrics: ServerMetrics, n_tokens: int, since: float) -> None:
+    """Count `n_tokens` that arrived together, each `1/n` of the time since the last ones."""
+    if n_tokens:
+        metrics.generated_tokens.inc(n_tokens)
+        interval = (time.perf_counter() - since) / n_tokens
+        for _ in range(n_tokens):
+            metrics.step_seconds.observe(interval)

@@ -8,13 +8,12 @@ from fastapi import APIRouter
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sse_starlette.sse import EventSourceResponse
 
 from src.generation.postprocess import without_cut_sentence
 from src.server.guards import SafeJSONResponse
 from src.server.schemas import ErrorResponse, GenerateRequest, error_responses
 from src.server.service import StoryService
-from src.server.sse import SSE_CONTENT, story_stream
+from src.server.sse import SSE_CONTENT, EventStream, story_stream
 
 STATIC = Path(__file__).with_name("static")
 PAGE = STATIC / "index.html"
@@ -51,7 +50,7 @@ def web_router(service: StoryService) -> APIRouter:
     async def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @router.post("/generate", response_class=EventSourceResponse,
+    @router.post("/generate", response_class=EventStream,
                  responses={200: {"content": SSE_CONTENT, "description": "a story as server-sent events"},
                             **error_responses(ErrorResponse, 400, 413, 422, 503)})
     async def generate(body: GenerateRequest):
