@@ -469,3 +469,19 @@ def test_several_native_steps_per_call_equal_one_step_per_call(tokenizer):
     assert several == single
     assert [reason for _, reason in single] == ["eos", "length", "length"] and len(single[0][0]) < 9
     assert several_calls < single_calls / 3
+
+
+def test_prompt_tokens_mark_the_penalty_memory_of_their_own_rows_only(tiny_model):
+    """The repetition penalty's memory of a new row is its prompt, nothing else: rows that join
+    beside others, and a row reused after another request left it."""
+    from src.generation.batch import DecodeBatch, Request
+    from src.generation.presets import SamplingParams
+
+    batch = DecodeBatch(tiny_model, eos_id=None, slots=3)
+    params = SamplingParams(temperature=0.0, max_new_tokens=1, stop_at_eos=False)
+    first, second = Request([1, 5, 6], [5, 6], params, 0), Request([1, 7], [7], params, 0)
+    batch._mark_prompt_tokens([first, second], 0)
+    assert batch.seen[0].nonzero().flatten().tolist() == [5, 6]
+    assert batch.seen[1].nonzero().flatten().tolist() == [7]
+    batch._mark_prompt_tokens([Request([1, 9], [], params, 0)], 0)  # row 0 reused, no prompt tokens
+    assert not batch.seen[0].any() and batch.seen[1].nonzero().flatten().tolist() == [7]
