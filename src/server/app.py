@@ -33,11 +33,11 @@ from src.server.guards import (
     validation_details,
     validation_message,
 )
-from src.server.openai_routes import openai_router
+from src.server.openai_routes import add_openai_routes
 from src.server.schemas import MAX_BODY_BYTES, MAX_PROMPT_CHARS
 from src.server.service import ApiError, StoryService
 from src.server.settings import ServerSettings
-from src.server.web_routes import RETRY_AFTER_S, web_router
+from src.server.web_routes import RETRY_AFTER_S, add_web_routes
 
 
 def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> FastAPI:
@@ -67,8 +67,10 @@ def create_app(loaded: LoadedModel, settings: ServerSettings | None = None) -> F
     app.openapi = lambda: openapi_for_this_model(app, service)
     # API docs' assets from the swagger-ui-bundle package instead of a CDN
     app.mount("/static/docs", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
-    app.include_router(web_router(service))
-    app.include_router(openai_router(service))
+    # On the app itself, not through include_router, which adds a layer of route matching to every
+    # request and builds its routes' state on the first one.
+    add_web_routes(app, service)
+    add_openai_routes(app, service)
     return app
 
 

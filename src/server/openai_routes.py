@@ -5,7 +5,7 @@ lm-evaluation-harness's `local-completions` model call.
 Beyond plain completions: prompts as token ids, several prompts per request (one choice each,
 all decoding in the same batch), `echo` and `logprobs: k` (the model's own log-probabilities,
 from one scoring prefill per batch of prompts) and `max_tokens: 0` with `echo` (score only).
-`openai_router` only registers the endpoints; the work is in the functions below it.
+`add_openai_routes` only registers the endpoints; the work is in the functions below it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 import uuid
 from contextlib import aclosing
 
-from fastapi import APIRouter
+from fastapi import FastAPI
 
 from src.generation.presets import SamplingParams
 from src.generation.scoring import TokenScores
@@ -39,12 +39,11 @@ from src.server.sse import SSE_CONTENT, story_stream
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}  # ours -> OpenAI's
 
 
-def openai_router(service: StoryService) -> APIRouter:
-    router = APIRouter()
+def add_openai_routes(app: FastAPI, service: StoryService) -> None:
     loaded, generator = service.loaded, service.generator
     special = {"eos_token": loaded.eos_id, "bos_token": loaded.story_start_id, "pad_token": loaded.eos_id}
 
-    @router.get("/tokenizer_info")
+    @app.get("/tokenizer_info")
     async def tokenizer_info() -> dict:
         """The tokenizer's special tokens and the context (vLLM's endpoint, which lm-evaluation-
         harness's remote tokenizer reads). `bos_token` is the token a story starts after."""
@@ -53,23 +52,23 @@ def openai_router(service: StoryService) -> APIRouter:
         return {**info, "model_max_length": service.context, "vocab_size": loaded.tokenizer.get_vocab_size(),
                 "tokenizer_class": "ByteLevelBPE"}
 
-    @router.post("/tokenize", responses=error_responses(ErrorResponse, 413, 422))
+    @app.post("/tokenize", responses=error_responses(ErrorResponse, 413, 422))
     async def tokenize(body: TokenizeRequest) -> dict:
         """A text's token ids; `add_special_tokens` puts the story-start token first."""
         ids = (generator.story_prefix if body.add_special_tokens else []) + generator.encode_prompt(body.prompt)
         return {"tokens": ids, "count": len(ids), "max_model_len": service.context}
 
-    @router.post("/detokenize", responses=error_responses(ErrorResponse, 413, 422))
+    @app.post("/detokenize", responses=error_responses(ErrorResponse, 413, 422))
     async def detokenize(body: DetokenizeRequest) -> dict:
         check_vocabulary(service, body.tokens, openai=False)
         return {"prompt": loaded.tokenizer.decode(body.tokens, skip_special_tokens=False)}
 
-    @router.get("/v1/models")
+    @app.get("/v1/models")
     async def list_models() -> dict:
         return {"object": "list",
                 "data": [{"id": service.model_id, "object": "model", "created": 0, "owned_by": "tinystories"}]}
 
-    @router.post("/v1/completions", response_model=CompletionResponse,
+    @app.post("/v1/completions", response_model=CompletionResponse,
                  responses={200: {"content": SSE_CONTENT, "description": "the completion (JSON), or with "
                                   "`stream: true` server-sent events of completion chunks"},
                             **error_responses(OpenAIErrorResponse, 400, 413, 503)})
@@ -80,7 +79,6 @@ def openai_router(service: StoryService) -> APIRouter:
         prompts per request, `echo`, `logprobs` and `max_tokens: 0`."""
         return await complete(service, body)
 
-    return router
 
 
 async def complete(service: StoryService, body: CompletionRequest):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,24 +20,23 @@ PAGE = STATIC / "index.html"
 RETRY_AFTER_S = "2"
 
 
-def web_router(service: StoryService) -> APIRouter:
-    router = APIRouter()
+def add_web_routes(app: FastAPI, service: StoryService) -> None:
 
-    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
-    @router.get("/favicon.ico", include_in_schema=False)
+    @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> FileResponse:
         return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
-    @router.get("/docs", include_in_schema=False)
+    @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="TinyStories generator - API docs",
                                    swagger_js_url="/static/docs/swagger-ui-bundle.js",
                                    swagger_css_url="/static/docs/swagger-ui.css", swagger_favicon_url="/favicon.ico")
 
-    @router.get("/health", responses={503: {"description": "loading, or generation is unavailable (see status)"}})
+    @app.get("/health", responses={503: {"description": "loading, or generation is unavailable (see status)"}})
     async def health() -> SafeJSONResponse:
         """200 while stories can be generated; 503 (a load balancer's cue) while the decode worker
         is starting, and once it has failed for good. `decode_step` says whether the compiled
@@ -46,11 +45,11 @@ def web_router(service: StoryService) -> APIRouter:
         headers = None if status == 200 else {"Retry-After": RETRY_AFTER_S}
         return SafeJSONResponse(body, status_code=status, headers=headers)
 
-    @router.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @router.post("/generate", response_class=EventStream,
+    @app.post("/generate", response_class=EventStream,
                  responses={200: {"content": SSE_CONTENT, "description": "a story as server-sent events"},
                             **error_responses(ErrorResponse, 400, 413, 422, 503)})
     async def generate(body: GenerateRequest):
@@ -66,4 +65,3 @@ def web_router(service: StoryService) -> APIRouter:
                                     if result.finish_reason == "length" else {})},
             error=lambda exc: {"error": f"{type(exc).__name__}: {exc}"})
 
-    return router
