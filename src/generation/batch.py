@@ -321,8 +321,7 @@ class DecodeBatch:
                 continue
             last = len(self.requests) - 1
             if row != last:
-                self.cache.copy_rows(torch.tensor([last], device=self.device), torch.tensor([row], device=self.device),
-                                     span=self.lengths[last])
+                self.cache.copy_row(last, row, span=self.lengths[last])
                 self.lengths[row] = self.lengths[last]
                 self.seen[row] = self.seen[last]
                 self.requests[row] = self.requests[last]

@@ -53,6 +53,12 @@ class KVCache:
             k[row, :, :span] = keys[layer]
             v[row, :, :span] = values[layer]
 
+    def copy_row(self, source: int, target: int, span: int) -> None:
+        """Copy the first `span` positions of row `source` into row `target` (slices, not the
+        index tensors of `copy_rows`: a few times faster for one row)."""
+        for storage in (*self.keys, *self.values):
+            storage[target, :, :span].copy_(storage[source, :, :span])
+
     def copy_rows(self, sources: torch.Tensor, targets: torch.Tensor, span: int) -> None:
         """Copy the first `span` positions of rows `sources` into rows `targets`."""
         for storage in (*self.keys, *self.values):
