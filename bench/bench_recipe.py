@@ -92,15 +92,18 @@ def count_parameters(config_path: str, overrides: list[str]) -> tuple[int, int]:
 
 
 def story_metrics(run_dir: Path) -> dict:
-    """Articles, grammar and EOS share of the final model's stories (5 prompts x 3 seeds)."""
+    """Articles, grammar and EOS share of the final scored weights' stories (5 prompts x 3 seeds)."""
     from src.evaluation.stories import load_prompts
     from src.evaluation.stories import generate_and_score
     from src.evaluation.stories import summarize
     from src.generation.engine import Generator
-    from src.model.checkpoint import load_model
+    from src.model.checkpoint import load_checkpoint, load_model
+    from src.training.averaging import scored_weights
 
     latest = run_dir / "checkpoint_latest.pth"
-    generator = Generator.from_loaded(load_model(latest, precision="fp32"))
+    loaded = load_model(latest, precision="fp32")
+    loaded.model.load_state_dict(scored_weights(load_checkpoint(latest)))  # an average's, if the run keeps one
+    generator = Generator.from_loaded(loaded)
     summary = summarize(generate_and_score(generator, load_prompts(None), "balanced", 3, 42, 200))
     return {"articles_per_100_words": summary.articles_per_100_words, "grammar": summary.grammar_raw,
             "eos_rate": summary.eos_rate}

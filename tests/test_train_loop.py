@@ -146,3 +146,38 @@ def test_the_data_lines_say_how_many_stories_were_really_read(data, tmp_path, ca
     line = next(l for l in out.splitlines() if l.startswith("train "))
     assert "400 stories" in line and "[first 4042" not in line and "at most 4,042 stories" in line
     assert "val " in line and ", 9 stories" in line
+
+
+def test_a_weight_average_is_what_a_run_scores_and_keeps_as_best(data, tmp_path):
+    out = tmp_path / "ema"
+    run_smoke(data, out, training__max_steps=12, training__eval_interval=12, training__save_interval=12,
+              training__ema_decay=0.8, training__precision="fp32", logging__plot=False)
+    latest = load_checkpoint(out / "checkpoint_latest.pth")
+    average = latest["training_state"]["weight_average"]
+    best = load_checkpoint(find_best_checkpoint(out))
+    assert best["metrics"]["step"] == 12
+    for name, raw in latest["model_state_dict"].items():
+        assert torch.equal(best["model_state_dict"][name], average[f"module.{name}"])
+    assert any(not torch.equal(raw, average[f"module.{name}"]) for name, raw in latest["model_state_dict"].items())
+    from src.training.averaging import scored_weights
+    assert all(torch.equal(w, best["model_state_dict"][name]) for name, w in scored_weights(latest).items())
+    with pytest.raises(ConfigError, match="ema_decay"):
+        load_train_config(SMOKE_CONFIG, smoke_overrides(data, out, training__ema_decay=1.0))
+
+
+def test_the_weight_average_follows_its_formula_and_resumes_where_it_was():
+    from src.training.averaging import WeightAverage
+
+    model = torch.nn.Linear(3, 2)
+    average = WeightAverage(model, decay=0.75)
+    first = model.weight.detach().clone()
+    average.update(model)  # the first update copies the weights
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    average.update(model)
+    torch.testing.assert_close(average.model.weight, 0.75 * first + 0.25 * (first + 1.0))
+    resumed = WeightAverage(torch.nn.Linear(3, 2), decay=0.75)
+    resumed.load_state_dict(average.state_dict())
+    for copy in (average, resumed):
+        copy.update(model)
+    assert torch.equal(resumed.model.weight, average.model.weight)

@@ -121,12 +121,14 @@ class CheckpointManager:
     restores a run from a latest checkpoint.
 
     `states` are the run-wide components by name (saved by rank 0); `rank_state` is what
-    differs between ranks (every rank's is gathered into the file).
+    differs between ranks (every rank's is gathered into the file). The best files hold
+    `best_model`'s weights: the model's, or a weight average's.
     """
 
     def __init__(self, output_dir: Path, model, tokenizer, config, info: DistInfo,
-                 states: dict[str, Stateful], rank_state: Stateful, keep_best: int) -> None:
+                 states: dict[str, Stateful], rank_state: Stateful, keep_best: int, best_model=None) -> None:
         self.output_dir, self.model, self.tokenizer, self.config, self.info = output_dir, model, tokenizer, config, info
+        self.best_model = best_model or model  # whose weights the best files hold (an average's, if any)
         self.best = BestCheckpoints(output_dir, keep_best)
         self.states = {**states, "best_checkpoints": self.best}
         self.rank_state = rank_state
@@ -144,7 +146,7 @@ class CheckpointManager:
         """A best file for a validation perplexity among the best `keep_best` (None otherwise)."""
         if not (math.isfinite(ppl) and self.best.qualifies(ppl)):
             return None
-        return self.best.add(ppl, lambda path: save_checkpoint(path, self.model, self.tokenizer,
+        return self.best.add(ppl, lambda path: save_checkpoint(path, self.best_model, self.tokenizer,
                                                                config=self.config.to_dict(), metrics=metrics))
 
     def restore(self, path: Path, warn: Callable[[str], None]) -> None:

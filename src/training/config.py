@@ -71,6 +71,7 @@ class TrainingConfig:
     keep_best: int = 1  # checkpoint_best_ppl_*.pth files kept
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
     early_stopping_min_delta: float = 0.0  # val_loss must drop by more than this to count
+    ema_decay: float | None = None  # e.g. 0.999: evaluate and keep as best an average of the weights
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "grad_accum_steps", "eval_interval", "save_interval", "keep_best")
@@ -89,6 +90,8 @@ class TrainingConfig:
             raise ConfigError(f"training.max_minutes must be a positive number of minutes, got {self.max_minutes}")
         if self.max_grad_norm < 0 or self.early_stopping_min_delta < 0:
             raise ConfigError("training.max_grad_norm and training.early_stopping_min_delta must be >= 0")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"training.ema_decay must be between 0 and 1 (or null), got {self.ema_decay}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"training.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if isinstance(self.compile, str) and self.compile != "auto":

@@ -29,6 +29,7 @@ from src.data.tokenizer import EOS_TOKEN, load_tokenizer, tokenizer_sha256
 from src.model.checkpoint import checkpoint_tokenizer, load_checkpoint
 from src.model.config import ModelConfig
 from src.model.transformer_block import WikiMiniModel
+from src.training.averaging import WeightAverage
 from src.training.checkpointing import LATEST_NAME, CheckpointManager, EarlyStopping, resolve_resume
 from src.training.compile import compile_wanted, try_compile
 from src.training.config import TrainConfig
@@ -271,11 +272,16 @@ class Trainer:
         self.progress = RunProgress()
         self.rank_state = RankState(self.device)
         self.early_stopping = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta)
-        self.checkpoints = CheckpointManager(
-            self.output_dir, self.model, self.tokenizer, self.config, info,
-            states={"progress": self.progress, "optimizer": self.optimizer, "scaler": self.scaler,
-                    "data": self.batches, "early_stopping": self.early_stopping},
-            rank_state=self.rank_state, keep_best=cfg.keep_best)
+        self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay is not None else None
+        # what validation scores, samples are written with and best files hold
+        self.scored_model = self.average.model if self.average is not None else self.model
+        states = {"progress": self.progress, "optimizer": self.optimizer, "scaler": self.scaler,
+                  "data": self.batches, "early_stopping": self.early_stopping}
+        if self.average is not None:
+            states["weight_average"] = self.average
+        self.checkpoints = CheckpointManager(self.output_dir, self.model, self.tokenizer, self.config, info, states,
+                                             rank_state=self.rank_state, keep_best=cfg.keep_best,
+                                             best_model=self.scored_model)
         if info.is_main:
             for stale in remove_stale_temps(self.output_dir):
                 self.log(f"removed {stale.name}, a partial save left by a process that was killed")
@@ -352,6 +358,8 @@ class Trainer:
         """One optimizer step, its time counted in train_seconds (the first compiled one's apart)."""
         started, compiling = clock(), self.compile_pending
         loss, grad_norm = self.run_step()
+        if self.average is not None:
+            self.average.update(self.model)
         if compiling:
             self.progress.compile_seconds += clock() - started
             self.log(f"first step (compilation) took {self.progress.compile_seconds:.1f} s"
@@ -406,7 +414,7 @@ class Trainer:
         if self.data.val_tokens is None:
             return False
         started = clock()
-        result = evaluate(self.model, self.data.val_tokens, self.data.val_bytes, self.seq_len,
+        result = evaluate(self.scored_model, self.data.val_tokens, self.data.val_bytes, self.seq_len,
                           self.eval_batch_size, self.precision, self.device, self.info)
         self.early_stopping.update({"val_loss": result.loss, "val_ppl": result.ppl, "val_bpb": result.bpb})
         if self.info.is_main:
@@ -414,7 +422,7 @@ class Trainer:
             path = self.checkpoints.save_best(result.ppl, self.checkpoint_metrics())
             if path is not None:
                 self.log(f"saved {path}")
-            self.report.stories(self.progress.step, self.model, self.tokenizer)
+            self.report.stories(self.progress.step, self.scored_model, self.tokenizer)
             self.report.flush()
         self.interval_paused += clock() - started
         return self.early_stopping.should_stop
