@@ -181,3 +181,24 @@ def test_the_weight_average_follows_its_formula_and_resumes_where_it_was():
     for copy in (average, resumed):
         copy.update(model)
     assert torch.equal(resumed.model.weight, average.model.weight)
+
+
+def test_runs_plot_bits_per_byte_against_cpu_minutes_that_count_evaluation(data, tmp_path, capsys):
+    from bench import plot_runs
+
+    out = tmp_path / "timed"
+    run_smoke(data, out, training__max_steps=12, training__eval_interval=6, logging__plot=False)
+    evals = [r for r in read_metrics(out) if "val_bpb" in r]
+    assert len(evals) == 2 and 0 < evals[0]["eval_seconds"] < evals[1]["eval_seconds"]
+    assert 0 < evals[0]["train_seconds"] < evals[1]["train_seconds"]
+    latest = load_checkpoint(out / "checkpoint_latest.pth")["training_state"]["progress"]
+    assert latest["eval_seconds"] >= evals[1]["eval_seconds"]  # resumed runs keep counting
+
+    png = tmp_path / "plot.png"
+    assert plot_runs.main([str(out), "--output", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = min(evals, key=lambda r: r["val_bpb"])
+    minutes = (best["train_seconds"] + best["eval_seconds"]) / 60
+    assert f"| timed | 2 | {best['val_bpb']:.4f} | {minutes:.1f} |" in capsys.readouterr().out
+    assert plot_runs.main([str(tmp_path / "nothing"), "--output", str(png)]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err

@@ -80,10 +80,11 @@ class RunReport:
             self.log(f"step {record['step']}{total} | loss {loss:.4f} | lr {lr:.2e} | {rate:,.0f} tok/s | "
                      f"elapsed {format_seconds(record['train_seconds'])} | eta {format_seconds(remaining_s)}")
 
-    def evaluation(self, step: int, loss: float, ppl: float, bpb: float) -> None:
+    def evaluation(self, step: int, loss: float, ppl: float, bpb: float, times: dict[str, float]) -> None:
+        """One evaluation; `times` (train_seconds, eval_seconds so far) go into its record."""
         if not self.is_main:
             return
-        self.metrics.write({"step": step, "val_loss": loss, "val_ppl": ppl, "val_bpb": bpb})
+        self.metrics.write({"step": step, "val_loss": loss, "val_ppl": ppl, "val_bpb": bpb, **times})
         self.log(f"step {step}: val_loss {loss:.4f} | val_ppl {ppl:.2f} | val_bpb {bpb:.4f}")
         self.loggers.scalars(step, {"val/loss": loss, "val/ppl": ppl, "val/bpb": bpb})
 

@@ -75,6 +75,7 @@ class RunProgress:
     tokens_seen: int = 0
     train_seconds: float = 0.0  # time spent in optimizer steps: what a budget counts
     compile_seconds: float = 0.0  # the first compiled step, left out of the budget
+    eval_seconds: float = 0.0  # evaluations (scoring, sample stories, best saves): outside the budget, not free
     last_train_loss: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -83,6 +84,7 @@ class RunProgress:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         self.train_seconds, self.compile_seconds = float(state["train_seconds"]), float(state["compile_seconds"])
+        self.eval_seconds = float(state.get("eval_seconds", 0.0))  # absent from runs saved before it was counted
         self.last_train_loss = state["last_train_loss"]
 
 
@@ -413,18 +415,23 @@ class Trainer:
         """Evaluate, save a best checkpoint on improvement; True when early stopping triggers."""
         if self.data.val_tokens is None:
             return False
-        started = clock()
+        began, progress = clock(), self.progress
         result = evaluate(self.scored_model, self.data.val_tokens, self.data.val_bytes, self.seq_len,
                           self.eval_batch_size, self.precision, self.device, self.info)
         self.early_stopping.update({"val_loss": result.loss, "val_ppl": result.ppl, "val_bpb": result.bpb})
+        scored = clock()
+        progress.eval_seconds += scored - began
         if self.info.is_main:
-            self.report.evaluation(self.progress.step, result.loss, result.ppl, result.bpb)
+            self.report.evaluation(progress.step, result.loss, result.ppl, result.bpb,
+                                   {"train_seconds": round(progress.train_seconds, 3),
+                                    "eval_seconds": round(progress.eval_seconds, 3)})
             path = self.checkpoints.save_best(result.ppl, self.checkpoint_metrics())
             if path is not None:
                 self.log(f"saved {path}")
-            self.report.stories(self.progress.step, self.scored_model, self.tokenizer)
+            self.report.stories(progress.step, self.scored_model, self.tokenizer)
             self.report.flush()
-        self.interval_paused += clock() - started
+        progress.eval_seconds += clock() - scored
+        self.interval_paused += clock() - began
         return self.early_stopping.should_stop
 
     def checkpoint_metrics(self) -> dict[str, Any]:
