@@ -214,7 +214,9 @@ class Generation:
     async def _deltas(self) -> AsyncIterator[str | GenerationResult]:
         text, metrics = self._text, self._service.metrics
         async with self._ticket:  # waits for a slot unless it has one
-            tokens = self._tokens = self._tokens or self._submit()
+            if self._tokens is None:
+                self._tokens = self._submit()
+            tokens = self._tokens
             last = time.perf_counter()
             try:
                 while text.finish_reason is None:
