@@ -197,28 +197,6 @@ inline void dot4(const Act* a, const int8_t* w, int64_t stride, int64_t n, int32
     if (i < n) dot4_plain(a, w, stride, i, n, out);
 }
 
-// Eight weight rows at once: each activation load feeds eight rows, and one tree of horizontal
-// adds reduces all eight (the demo's rows are 192 bytes: six loop turns, so the reduction counts).
-constexpr int64_t BLOCK_ROWS = 8;
-inline void dot_block(const Act* a, const int8_t* w, int64_t stride, int64_t n, int32_t out[BLOCK_ROWS]) {
-    __m256i acc[BLOCK_ROWS];
-    for (int k = 0; k < BLOCK_ROWS; k++) acc[k] = _mm256_setzero_si256();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        const __m256i x = _mm256_loadu_si256((const __m256i*)(a + i));
-        const __m256i ax = _mm256_sign_epi8(x, x);
-        for (int k = 0; k < BLOCK_ROWS; k++)
-            acc[k] = dot32(acc[k], ax, x, _mm256_loadu_si256((const __m256i*)(w + k * stride + i)));
-    }
-    // rows 0-3 and 4-7 as dot4 reduces them, then the two halves' lanes paired up and added
-    const __m256i low = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
-    const __m256i high = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[4], acc[5]), _mm256_hadd_epi32(acc[6], acc[7]));
-    _mm256_storeu_si256((__m256i*)out, _mm256_add_epi32(_mm256_permute2x128_si256(low, high, 0x20),
-                                                        _mm256_permute2x128_si256(low, high, 0x31)));
-    if (i < n)
-        for (int k = 0; k < BLOCK_ROWS; k++) out[k] += dot_plain(a, w + k * stride, i, n);
-}
-
 #elif defined(KERNEL_NEON)
 inline int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t w) {
 #if defined(__ARM_FEATURE_DOTPROD)
@@ -247,13 +225,6 @@ inline void dot4(const Act* a, const int8_t* w, int64_t stride, int64_t n, int32
 inline void dot4(const Act* a, const int8_t* w, int64_t stride, int64_t n, int32_t out[4]) {
     out[0] = out[1] = out[2] = out[3] = 0;
     dot4_plain(a, w, stride, 0, n, out);
-}
-#endif
-
-#if !defined(KERNEL_AVX2)
-constexpr int64_t BLOCK_ROWS = 4;  // output rows per block of the matmul
-inline void dot_block(const Act* a, const int8_t* w, int64_t stride, int64_t n, int32_t out[BLOCK_ROWS]) {
-    dot4(a, w, stride, n, out);
 }
 #endif
 
@@ -336,23 +307,23 @@ void matmul(float* y, const float* x, const Matrix& w, int64_t rows, int threads
     }
     const Act* xq = xq_buf.data();
     const float* xs = xscale_buf.data();
-    const int64_t blocks = (out + BLOCK_ROWS - 1) / BLOCK_ROWS;  // BLOCK_ROWS output rows at a time
+    const int64_t blocks = (out + 3) / 4;  // four output rows at a time
     // Weights larger than the caches (the 24.5M reference model's) stream in far faster when each
-    // block asks for the rows PREFETCH_ROWS ahead than with the hardware prefetcher alone.
-    constexpr int64_t PREFETCH_ROWS = 16;
+    // block asks for the one PREFETCH_BLOCKS ahead than with the hardware prefetcher alone.
+    constexpr int64_t PREFETCH_BLOCKS = 4;
     parallel_for(blocks, threads, [&](int64_t b) {
-        const int64_t o0 = BLOCK_ROWS * b, n_out = out - o0 < BLOCK_ROWS ? out - o0 : BLOCK_ROWS;
+        const int64_t o0 = 4 * b, n_out = out - o0 < 4 ? out - o0 : 4;
         const int8_t* wb = w.q8 + o0 * in;
-        int32_t offset[BLOCK_ROWS] = {};  // the stored activations' offset times each row's sum
+        int32_t offset[4] = {0, 0, 0, 0};  // the stored activations' offset times each row's sum
         if constexpr (ACTIVATION_OFFSET != 0)
             for (int64_t k = 0; k < n_out; k++) offset[k] = ACTIVATION_OFFSET * w.row_sum[o0 + k];
-        if (o0 + PREFETCH_ROWS < out)  // a prefetch is a hint: past the end it does not fault
-            for (int64_t j = 0; j < BLOCK_ROWS * in; j += 64) __builtin_prefetch(wb + PREFETCH_ROWS * in + j);
+        if (b + PREFETCH_BLOCKS < blocks)  // a prefetch is a hint: past the end it does not fault
+            for (int64_t j = 0; j < 4 * in; j += 64) __builtin_prefetch(wb + PREFETCH_BLOCKS * 4 * in + j);
         for (int64_t r = 0; r < rows; r++) {
-            int32_t dots[BLOCK_ROWS] = {};
-            if (n_out == BLOCK_ROWS)
-                dot_block(xq + r * in, wb, in, in, dots);
-            else  // the last, partial block, one row at a time (a whole block would read past the weights)
+            int32_t dots[4] = {0, 0, 0, 0};
+            if (n_out == 4)
+                dot4(xq + r * in, wb, in, in, dots);
+            else  // the last, partial block, one row at a time (four would read past the weights)
                 for (int64_t k = 0; k < n_out; k++) dots[k] = dot_plain(xq + r * in, wb + k * in, 0, in);
             for (int64_t k = 0; k < n_out; k++)
                 y[r * out + o0 + k] = float(dots[k] - offset[k]) * w.scale[o0 + k] * xs[r];
