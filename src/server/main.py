@@ -11,7 +11,6 @@ from src.device import resolve_device
 from src.model.checkpoint import CheckpointError, load_for_inference
 from src.server.guards import read_timeout_protocol
 from src.server.settings import ServerSettings, parse_settings
-from src.server.sse import SHUTDOWN_GRACE_S
 
 
 def build_app(settings: ServerSettings):
@@ -47,6 +46,8 @@ def serve(app, settings: ServerSettings) -> None:
     """uvicorn, which tells the service when it is told to stop: open streams then end with
     their error event and [DONE] at once, within SHUTDOWN_GRACE_S, instead of holding it up."""
     import uvicorn
+
+    from src.server.sse import SHUTDOWN_GRACE_S
 
     class StoryServer(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:

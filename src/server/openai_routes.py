@@ -69,16 +69,15 @@ def add_openai_routes(app: FastAPI, service: StoryService) -> None:
                 "data": [{"id": service.model_id, "object": "model", "created": 0, "owned_by": "tinystories"}]}
 
     @app.post("/v1/completions", response_model=CompletionResponse,
-                 responses={200: {"content": SSE_CONTENT, "description": "the completion (JSON), or with "
-                                  "`stream: true` server-sent events of completion chunks"},
-                            **error_responses(OpenAIErrorResponse, 400, 413, 503)})
+              responses={200: {"content": SSE_CONTENT, "description": "the completion (JSON), or with "
+                               "`stream: true` server-sent events of completion chunks"},
+                         **error_responses(OpenAIErrorResponse, 400, 413, 503)})
     async def completions(body: CompletionRequest):
         """OpenAI-compatible text completions (point the official client's base_url at /v1).
 
         Also what lm-evaluation-harness's `local-completions` needs: token-id prompts, several
         prompts per request, `echo`, `logprobs` and `max_tokens: 0`."""
         return await complete(service, body)
-
 
 
 async def complete(service: StoryService, body: CompletionRequest):

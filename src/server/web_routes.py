@@ -50,8 +50,8 @@ def add_web_routes(app: FastAPI, service: StoryService) -> None:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/generate", response_class=EventStream,
-                 responses={200: {"content": SSE_CONTENT, "description": "a story as server-sent events"},
-                            **error_responses(ErrorResponse, 400, 413, 422, 503)})
+              responses={200: {"content": SSE_CONTENT, "description": "a story as server-sent events"},
+                         **error_responses(ErrorResponse, 400, 413, 422, 503)})
     async def generate(body: GenerateRequest):
         """Stream a story as server-sent events: `{"token"}` deltas, one `{"done"}`, then `[DONE]`."""
         prompt = service.text_prompt(body.prompt, openai=False)
