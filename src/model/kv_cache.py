@@ -54,8 +54,8 @@ class KVCache:
             v[row, :, :span] = values[layer]
 
     def copy_row(self, source: int, target: int, span: int) -> None:
-        """Copy the first `span` positions of row `source` into row `target` (slices, not the
-        index tensors of `copy_rows`: a few times faster for one row)."""
+        """Copy the first `span` positions of row `source` into row `target`: plain slices, without
+        the index tensors `copy_rows` builds."""
         for storage in (*self.keys, *self.values):
             storage[target, :, :span].copy_(storage[source, :, :span])
 
