@@ -33,12 +33,32 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the names configs and flags use
 
 
-def native_bf16_cpu() -> bool:
-    """True when this CPU has bf16 matmul instructions (AVX512-BF16 or AMX), so bf16 is fast."""
+def cpu_flags() -> str:
+    """The CPU's feature flags as /proc/cpuinfo lists them ('' where there is none, e.g. macOS)."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX512-BF16 and AMX; ARMv8.6 BF16
+
+
+def native_bf16_cpu() -> bool:
+    """True when this CPU has bf16 matmul instructions (AVX512-BF16, AMX or ARM BF16), so bf16 is fast.
+
+    oneDNN also reports bf16 as supported on plain AVX512, where it converts every operand to
+    float32 and bf16 runs slower than float32; the CPU's flags settle it where they are known.
+    """
+    try:
+        mkldnn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+    flags = set(cpu_flags().split())
+    return mkldnn and (not flags or bool(flags & BF16_FLAGS))
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -90,7 +110,7 @@ def cpu_summary() -> str:
     (for benchmark headers: a figure means something only beside the instruction set it ran on)."""
     from src.generation import native
 
-    flags = set(native.cpu_flags().split())
+    flags = set(cpu_flags().split())
     lib = native.library()
     kernel = native.kernel(lib) if lib is not None else f"none ({native.unavailable()})"
     arch = os.environ.get("WIKIMINI_NATIVE_ARCH")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from src.device import cpu_flags
 from src.generation import Generator, SamplingParams, native
 from src.model import WikiMiniModel
 from src.model.quantize import quantize_int8, quantize_rows
@@ -32,7 +33,7 @@ IS_X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 
 def runnable_builds() -> list:
-    flags = set(native.cpu_flags().split())
+    flags = set(cpu_flags().split())
     return [pytest.param(name, arch, id=name, marks=pytest.mark.skipif(
         not IS_X86 or not needs <= flags, reason=f"needs an x86 CPU with {', '.join(sorted(needs)) or 'x86-64'} for the {name} kernel "
         "(the ARM kernels are checked under qemu)"))

@@ -90,3 +90,20 @@ def test_demo_model_int8_loses_under_one_percent_of_perplexity():
     assert losses["fp32"] < 3.5  # a trained model, so the comparison means something
     agree = sum(a == b for a, b in zip(stories["int8"], stories["fp32"]))
     assert agree >= 10  # the first greedy tokens agree (later ones may fork after a near-tie)
+
+
+@pytest.mark.parametrize("flags, onednn, expected", [
+    ("avx2 fma avx512f avx512_vnni", True, False),  # oneDNN says yes, but it would emulate bf16
+    ("avx2 avx512f avx512_bf16", True, True),
+    ("avx2 amx_bf16 amx_tile", True, True),
+    ("fp asimd asimddp bf16", True, True),  # ARMv8.6
+    ("", True, True),  # no /proc/cpuinfo (macOS): oneDNN decides
+    ("avx512_bf16", False, False),
+])
+def test_native_bf16_needs_the_instructions_not_only_onednn(monkeypatch, flags, onednn, expected):
+    """Plain AVX512 CPUs pass oneDNN's bf16 check, yet bf16 training there runs slower than fp32."""
+    import src.device as device
+
+    monkeypatch.setattr(device, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn, raising=False)
+    assert device.native_bf16_cpu() is expected

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from src.atomic_files import atomic_output, atomic_write_text
+from src.device import cpu_flags
 from src.model.kv_cache import KVCache
 from src.model.quantize import Int8Linear
 from src.model.rope import rope_cos_sin
@@ -73,16 +74,6 @@ class Model(ctypes.Structure):
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "wikimini" / "native"
-
-
-def cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def arch_flags() -> list[str]:
@@ -155,7 +146,7 @@ def _load(arch: list[str]) -> ctypes.CDLL:
         raise RuntimeError("no C++ compiler found (set CXX)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(COMMON_FLAGS + arch),
-                                    cpu_flags()]).encode()).hexdigest()
+                                    cpu_flags() or platform.processor()]).encode()).hexdigest()
     path = cache_dir() / f"native_step-{key[:16]}.so"
     if not _intact(path):  # not built yet, or damaged (cut short, overwritten): build it anew
         _build(compiler, arch, path)
