@@ -17,13 +17,18 @@ own functions (`src.evaluation`).
 
 Runs are appended to `<out-dir>/results.jsonl` as they finish, so a long queue can be
 stopped and continued; a recipe that already has a result for the same budget is not rerun
-unless `--rerun`. `--cpus 1 --threads 1` pins each run to one core (e.g. to leave the other
+unless `--rerun`. A run that was stopped (SIGTERM, the end of a session) saved its latest
+checkpoint: the next invocation resumes it (`--resume auto`) rather than starting again, so a
+3-hour budget can span several sittings; `--rerun` starts it from scratch. `--eval-interval N`
+also scores every window every N steps, for a curve of bits per byte against training minutes
+(`python -m bench.plot_runs`). `--cpus 1 --threads 1` pins each run to one core (e.g. to leave the other
 one free); every recipe in a comparison should run under the same setting.
 
     python -m bench.bench_recipe --minutes 15 --recipes baseline,muon_lr4e-3
     python -m bench.bench_recipe --minutes 15 --cpus 1 --threads 1      # every recipe, one core
     python -m bench.bench_recipe --table-only                          # print what has been run
     python -m bench.bench_recipe --minutes 6 --recipes vocab1k,vocab4k --seeds 1337,1 --cpus 0 --threads 1
+    python -m bench.bench_recipe --minutes 180 --recipes r3_12m_drop --eval-interval 400   # resumable
 """
 
 from __future__ import annotations
@@ -43,9 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 RUN_SETTINGS = [  # the protocol: same for every recipe
     "training.max_steps=null",
-    "training.eval_interval=100000000",  # one validation, at the end of the budget
-    "training.eval_batches=null",  # ... over every window of the validation text
-    "training.save_interval=100000000",
+    "training.eval_batches=null",  # validation over every window of the validation text
+    "training.save_interval=200",  # what a stopped run resumes from
     "training.early_stopping_patience=null",
     "training.keep_best=1",
     "logging.plot=false",
@@ -70,16 +74,17 @@ def overrides_of(spec: dict, name: str) -> list[str]:
     return list(recipe)
 
 
-def read_metrics(path: Path) -> tuple[dict, dict]:
-    """(last training record, last validation record) of a run's metrics.jsonl."""
-    train, val = {}, {}
+def read_metrics(path: Path) -> tuple[dict, dict, dict]:
+    """(last training record, last validation record, best validation record) of a run's metrics.jsonl."""
+    train, val, best = {}, {}, {}
     for line in path.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         if "train_loss" in record:
             train = record
         if "val_loss" in record:
             val = record
-    return train, val
+            best = record if not best or record["val_loss"] < best["val_loss"] else best
+    return train, val, best
 
 
 def count_parameters(config_path: str, overrides: list[str]) -> tuple[int, int]:
@@ -110,15 +115,18 @@ def story_metrics(run_dir: Path) -> dict:
 
 
 def run_recipe(name: str, spec: dict, minutes: float, out_dir: Path, cpus: list[int] | None,
-               threads: int | None, seed: int | None = None) -> dict:
+               threads: int | None, seed: int | None = None, eval_interval: int | None = None,
+               fresh: bool = False) -> dict:
     run_dir = out_dir / f"{name}_{minutes:g}min" if seed is None else out_dir / f"{name}_{minutes:g}min_s{seed}"
-    if run_dir.exists():  # a killed earlier attempt: start again from scratch
+    resume = not fresh and (run_dir / "checkpoint_latest.pth").exists()  # a stopped run: go on
+    if run_dir.exists() and not resume:  # an attempt killed before its first save: start again
         for child in sorted(run_dir.rglob("*"), reverse=True):
             child.unlink() if child.is_file() else child.rmdir()
     overrides = list(spec.get("common") or []) + overrides_of(spec, name) + RUN_SETTINGS + [
+        f"training.eval_interval={eval_interval or 100_000_000}",  # default: once, at the end
         f"training.max_minutes={minutes}", f"training.output_dir={run_dir}"] + (
         [] if seed is None else [f"training.seed={seed}"])
-    command = [sys.executable, "train.py", "--config", spec["base"]]
+    command = [sys.executable, "train.py", "--config", spec["base"]] + (["--resume", "auto"] if resume else [])
     for item in overrides:
         command += ["--set", item]
     env = dict(os.environ)
@@ -126,16 +134,17 @@ def run_recipe(name: str, spec: dict, minutes: float, out_dir: Path, cpus: list[
         env["OMP_NUM_THREADS"] = str(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "train.log"
-    print(f"[{time.strftime('%H:%M:%S')}] {name} (seed {seed}): {minutes:g} min -> {run_dir}", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] {name} (seed {seed}): {minutes:g} min -> {run_dir}"
+          + (" (resumed)" if resume else ""), flush=True)
     started = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
+    with open(log_path, "a" if resume else "w", encoding="utf-8") as log:
         process = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                  preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     wall = time.perf_counter() - started
     if process.returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
         raise RuntimeError(f"{name} failed (exit {process.returncode}); {log_path}:\n" + "\n".join(tail))
-    train, val = read_metrics(run_dir / "metrics.jsonl")
+    train, val, best = read_metrics(run_dir / "metrics.jsonl")
     compile_line = next((line for line in log_path.read_text(encoding="utf-8").splitlines()
                          if "first step (compilation)" in line), "")
     params, embedding = count_parameters(spec["base"], overrides)
@@ -152,6 +161,9 @@ def run_recipe(name: str, spec: dict, minutes: float, out_dir: Path, cpus: list[
         "tokens_per_s": train["tokens"] / train["train_seconds"] if train.get("train_seconds") else None,
         "val_loss": val.get("val_loss"),
         "val_bpb": val.get("val_bpb"),
+        "best_val_bpb": best.get("val_bpb"),
+        "best_step": best.get("step"),
+        "eval_seconds": val.get("eval_seconds"),  # the whole run's validation: outside the budget, not free
         "compile_note": compile_line.strip(),
         "wall_seconds": round(wall, 1),
         "cpus": cpus,
@@ -216,7 +228,10 @@ def main() -> int:
     parser.add_argument("--cpus", help="comma-separated CPU ids to pin each run to, e.g. 1")
     parser.add_argument("--threads", type=int, help="torch threads per run (OMP_NUM_THREADS)")
     parser.add_argument("--seeds", help="comma-separated training seeds, one run each (default: the config's)")
-    parser.add_argument("--rerun", action="store_true", help="run recipes that already have a result")
+    parser.add_argument("--eval-interval", type=int, metavar="STEPS",
+                        help="also score every validation window every STEPS steps (default: at the end only)")
+    parser.add_argument("--rerun", action="store_true",
+                        help="run recipes that already have a result, and start stopped runs from scratch")
     parser.add_argument("--table-only", action="store_true", help="print the table of finished runs")
     args = parser.parse_args()
 
@@ -241,7 +256,8 @@ def main() -> int:
             if finished(name, seed) and not args.rerun:
                 print(f"{name} (seed {seed}): already run for {args.minutes:g} min (--rerun to repeat)")
                 continue
-            row = run_recipe(name, spec, args.minutes, out_dir, cpus, args.threads, seed)
+            row = run_recipe(name, spec, args.minutes, out_dir, cpus, args.threads, seed,
+                             args.eval_interval, fresh=args.rerun)
             done.append(row)
             out_dir.mkdir(parents=True, exist_ok=True)
             with open(results_path, "a", encoding="utf-8") as f:
