@@ -7,12 +7,12 @@ budget (the first, compiling step is left out of the clock and reported). Then i
 model is scored on every window of the validation text (`training.eval_batches=null`: the
 trainer's validation is the evaluator's `sum_nats`). One table compares them:
 
-    recipe | seeds | params | embedding | steps | tokens/s | bits/byte (mean ± half range) | vs the first row
+    recipe | seeds | params | embedding | steps | tokens/s | bits/byte (mean ± half range) | vs the first row | best along the way
            | articles / 100 words | grammar (of 10) | EOS share
 
 With `--seeds 1337,1` each recipe runs once per seed (`training.seed`) and the table gives the
 mean and half the range. After each run the final model writes 5 prompts x 3 seeded stories
-(balanced preset, 200 tokens at most), scored for articles, grammar and EOS by the evaluators'
+(balanced preset, 300 tokens at most), scored for articles, grammar and EOS by the evaluators'
 own functions (`src.evaluation`).
 
 Runs are appended to `<out-dir>/results.jsonl` as they finish, so a long queue can be
@@ -109,7 +109,7 @@ def story_metrics(run_dir: Path) -> dict:
     loaded = load_model(latest, precision="fp32")
     loaded.model.load_state_dict(scored_weights(load_checkpoint(latest)))  # an average's, if the run keeps one
     generator = Generator.from_loaded(loaded)
-    summary = summarize(generate_and_score(generator, load_prompts(None), "balanced", 3, 42, 200))
+    summary = summarize(generate_and_score(generator, load_prompts(None), "balanced", 3, 42, 300))
     return {"articles_per_100_words": summary.articles_per_100_words, "grammar": summary.grammar_raw,
             "eos_rate": summary.eos_rate}
 
@@ -192,6 +192,12 @@ def spread(values: list[float]) -> str:
     return f"{mean:.4f} ± {(max(values) - min(values)) / 2:.4f}" if len(values) > 1 else f"{mean:.4f}"
 
 
+def best_of(runs: list[dict]) -> str:
+    """The best validation along the way, where runs scored more than once (--eval-interval)."""
+    best = [r["best_val_bpb"] for r in runs if r.get("best_val_bpb") not in (None, r["val_bpb"])]
+    return spread([r.get("best_val_bpb") or r["val_bpb"] for r in runs]) if best else "="
+
+
 def print_table(rows: list[dict]) -> None:
     """One line per recipe, its seeds pooled; the first recipe is the reference."""
     if not rows:
@@ -201,9 +207,9 @@ def print_table(rows: list[dict]) -> None:
     for row in rows:
         by_recipe.setdefault(row["recipe"], []).append(row)
     reference = None
-    print("| recipe | seeds | params | embedding | steps | tokens/s | bits/byte | vs first | articles/100 words "
-          "| grammar | EOS |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| recipe | seeds | params | embedding | steps | tokens/s | bits/byte | vs first | best bits/byte "
+          "| articles/100 words | grammar | EOS |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, runs in by_recipe.items():
         bpb = [r["val_bpb"] for r in runs]
         mean_bpb = sum(bpb) / len(bpb)
@@ -215,7 +221,7 @@ def print_table(rows: list[dict]) -> None:
 
         print(f"| {name} | {len(runs)} | {runs[0]['params'] / 1e6:.2f}M | "
               f"{runs[0].get('embedding_params', 0) / 1e6:.2f}M | {mean('steps'):,.0f} | {mean('tokens_per_s'):,.0f} | "
-              f"{spread(bpb)} | {mean_bpb / reference:.3f}x | {mean('articles_per_100_words'):.1f} | "
+              f"{spread(bpb)} | {mean_bpb / reference:.3f}x | {best_of(runs)} | {mean('articles_per_100_words'):.1f} | "
               f"{mean('grammar'):.2f} | {mean('eos_rate'):.0%} |")
 
 
