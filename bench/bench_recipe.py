@@ -136,6 +136,8 @@ def run_recipe(name: str, spec: dict, minutes: float, out_dir: Path, cpus: list[
     log_path = run_dir / "train.log"
     print(f"[{time.strftime('%H:%M:%S')}] {name} (seed {seed}): {minutes:g} min -> {run_dir}"
           + (" (resumed)" if resume else ""), flush=True)
+    with open(run_dir / "segments.jsonl", "a" if resume else "w", encoding="utf-8") as segments:
+        segments.write(json.dumps({"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
     started = time.perf_counter()
     with open(log_path, "a" if resume else "w", encoding="utf-8") as log:
         process = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -169,6 +171,7 @@ def run_recipe(name: str, spec: dict, minutes: float, out_dir: Path, cpus: list[
         "cpus": cpus,
         "threads": threads or torch_threads(),
         "machine": machine(),
+        "machines": machines_of(run_dir),  # a resumed run may have trained on more than one
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         **story_metrics(run_dir),
     }
@@ -178,6 +181,12 @@ def torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def machines_of(run_dir: Path) -> list[str]:
+    """Every machine a run trained on, in order: its minutes mean something only beside them."""
+    lines = (run_dir / "segments.jsonl").read_text(encoding="utf-8").splitlines()
+    return list(dict.fromkeys(json.loads(line)["machine"] for line in lines))
 
 
 def machine() -> str:
@@ -272,7 +281,8 @@ def main() -> int:
                   f"valid bits/byte {row['val_bpb']:.4f}", flush=True)
     rows = [r for r in (finished(n, s) for n in names for s in seeds) if r]
     if rows:
-        print(f"\n{rows[0]['machine']}; budget {args.minutes:g} min per recipe, "
+        machines = dict.fromkeys(m for r in rows for m in r.get("machines") or [r["machine"]])
+        print(f"\n{' + '.join(machines)}; budget {args.minutes:g} min per recipe, "
               f"threads {rows[0]['threads']}, cpus {rows[0]['cpus'] or 'all'}")
     print_table(rows)
     return 0
