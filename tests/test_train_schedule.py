@@ -149,3 +149,14 @@ def test_fp32_newton_schulz_matches_torch_muon_bf16_iteration():
         assert (ours - theirs).abs().max().item() < 0.05  # bf16 rounding; singular values ~0.5-1.5
         singular = torch.linalg.svdvals(ours)
         assert singular.min() > 0.3 and singular.max() < 1.6  # orthogonalized, not the raw gradient
+
+
+def test_a_wall_clock_budget_counts_evaluation_too():
+    """Validation is CPU time like any other: a 3-hour budget is 3 hours of steps and scoring."""
+    from src.training.trainer import RunLength, RunProgress
+
+    length = RunLength(total_steps=None, budget_seconds=100.0)
+    assert length.budget_share(RunProgress(train_seconds=30.0, eval_seconds=20.0, compile_seconds=40.0)) == 0.5
+    assert not length.reached(RunProgress(train_seconds=70.0, eval_seconds=29.0))
+    assert length.reached(RunProgress(train_seconds=70.0, eval_seconds=30.0))
+    assert length.remaining_seconds(RunProgress(train_seconds=50.0, eval_seconds=10.0), steps_per_s=1.0) == 40.0

@@ -57,7 +57,7 @@ class TrainingConfig:
     grad_accum_steps: int = 4  # micro-batches per optimizer step
     epochs: float = 5.0  # length of the run, unless max_steps is set
     max_steps: int | None = None  # optimizer steps; overrides epochs
-    max_minutes: float | None = None  # wall-clock budget; the lr schedule spans it (compile and evaluation excluded)
+    max_minutes: float | None = None  # wall-clock budget of training and validation; the lr schedule spans it (the first, compiling step excluded)
     init_from: str | None = None  # fine-tune: start from this checkpoint's weights (train.py --init-from)
     max_grad_norm: float = 1.0  # 0 disables clipping
     device: str = "auto"  # auto | cpu | cuda | mps

@@ -73,10 +73,15 @@ class RunProgress:
 
     step: int = 0
     tokens_seen: int = 0
-    train_seconds: float = 0.0  # time spent in optimizer steps: what a budget counts
+    train_seconds: float = 0.0  # time spent in optimizer steps
     compile_seconds: float = 0.0  # the first compiled step, left out of the budget
-    eval_seconds: float = 0.0  # evaluations (scoring, sample stories, best saves): outside the budget, not free
+    eval_seconds: float = 0.0  # evaluations (scoring, sample stories, best saves)
     last_train_loss: float | None = None
+
+    @property
+    def budget_seconds_spent(self) -> float:
+        """What a wall-clock budget counts: training steps and evaluations, which are not free."""
+        return self.train_seconds + self.eval_seconds
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -177,7 +182,7 @@ def build_model(config: TrainConfig, device: torch.device, fine_tune: bool,
 
 @dataclass
 class RunLength:
-    """How long a run lasts: a number of steps, a wall-clock budget of training seconds, or both."""
+    """How long a run lasts: a number of steps, a wall-clock budget (training and evaluation), or both."""
 
     total_steps: int | None
     budget_seconds: float | None
@@ -186,21 +191,21 @@ class RunLength:
         """Used up on this rank (Trainer.finished makes every rank agree)."""
         if self.total_steps is not None and progress.step >= self.total_steps:
             return True
-        return self.budget_seconds is not None and progress.train_seconds >= self.budget_seconds
+        return self.budget_seconds is not None and progress.budget_seconds_spent >= self.budget_seconds
 
     def budget_share(self, progress: RunProgress) -> float | None:
         """Share of the budget spent (None for a run measured in steps)."""
         if self.budget_seconds is None:
             return None
-        return min(1.0, progress.train_seconds / self.budget_seconds)
+        return min(1.0, progress.budget_seconds_spent / self.budget_seconds)
 
     def remaining_seconds(self, progress: RunProgress, steps_per_s: float) -> float:
-        """Training time left: the budget's rest, or the steps' rest at the current pace."""
+        """Time left: the budget's rest, or the steps' rest at the current pace."""
         left = []
         if self.total_steps is not None:
             left.append((self.total_steps - progress.step) / max(steps_per_s, 1e-9))
         if self.budget_seconds is not None:
-            left.append(self.budget_seconds - progress.train_seconds)
+            left.append(self.budget_seconds - progress.budget_seconds_spent)
         return max(0.0, min(left))
 
     def describe(self) -> str:
@@ -208,7 +213,7 @@ class RunLength:
         if self.total_steps is not None:
             parts.append(f"{self.total_steps:,} steps")
         if self.budget_seconds is not None:
-            parts.append(f"{self.budget_seconds / 60:g} minutes of training")
+            parts.append(f"{self.budget_seconds / 60:g} minutes of training and validation")
         return " or ".join(parts)
 
 
