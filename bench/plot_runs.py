@@ -3,7 +3,8 @@
 evaluation counts as much as a minute of training, from each run's metrics.jsonl. Writes a PNG
 and prints a Markdown table.
 
-    python -m bench.plot_runs checkpoints/r3_6m_drop checkpoints/r3_12m_drop --output docs/r3_bpb.png
+    python -m bench.plot_runs checkpoints/recipes/r3_6m_drop_180min_s1337 \
+        checkpoints/recipes/r3_12m_drop_180min_s1337 --output docs/r3_bpb.png
 
 A run may span several `--resume auto` sessions: its records carry the training and evaluation
 seconds summed over all of them.
