@@ -20,9 +20,9 @@ stopped and continued; a recipe that already has a result for the same budget is
 unless `--rerun`. A run that was stopped (SIGTERM, the end of a session) saved its latest
 checkpoint: the next invocation resumes it (`--resume auto`) rather than starting again, so a
 3-hour budget can span several sittings; `--rerun` starts it from scratch. `--eval-interval N`
-also scores every window every N steps, for a curve of bits per byte against training minutes
-(`python -m bench.plot_runs`). `--cpus 1 --threads 1` pins each run to one core (e.g. to leave the other
-one free); every recipe in a comparison should run under the same setting.
+also scores every window every N steps, for a curve of bits per byte against CPU minutes
+(`python -m bench.plot_runs`). `--cpus 1 --threads 1` pins each run to one core (e.g. to leave
+the other one free); every recipe in a comparison should run under the same setting.
 
     python -m bench.bench_recipe --minutes 15 --recipes baseline,muon_lr4e-3
     python -m bench.bench_recipe --minutes 15 --cpus 1 --threads 1      # every recipe, one core
@@ -203,8 +203,9 @@ def spread(values: list[float]) -> str:
 
 def best_of(runs: list[dict]) -> str:
     """The best validation along the way, where runs scored more than once (--eval-interval)."""
-    best = [r["best_val_bpb"] for r in runs if r.get("best_val_bpb") not in (None, r["val_bpb"])]
-    return spread([r.get("best_val_bpb") or r["val_bpb"] for r in runs]) if best else "="
+    if all(r.get("best_val_bpb") in (None, r["val_bpb"]) for r in runs):
+        return "="  # scored at the end only, or the end was the best
+    return spread([r.get("best_val_bpb") or r["val_bpb"] for r in runs])
 
 
 def print_table(rows: list[dict]) -> None:
